@@ -1,0 +1,133 @@
+"""Config helpers: the base schema, typed ``get_config`` arguments, method blocks.
+
+Configs are plain data (``ml_collections.ConfigDict``): strings, numbers,
+tuples and nested dicts, never Python objects, so every field can be changed
+with ``--config.key=value`` and the whole config serialises to JSON. Names are
+resolved through registries (models, methods, datasets, attacks).
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import ml_collections as mlc
+
+from kdrobust import methods as methods_lib
+
+# Keys that may differ when the same workdir is resumed (cadence, length).
+RESUMABLE_KEYS = ("total_steps", "log_every_steps", "ckpt", "eval.every_epochs",
+                  "teacher_eval_examples")
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
+  """Parse ``"key=value,flag"`` config arguments with types from ``defaults``.
+
+  ``configs/x.py:arch=wrn34_10,smoke`` gives ``arch='wrn34_10'`` and
+  ``smoke=True``. Unknown keys raise an error listing the valid ones.
+  """
+  out = dict(defaults)
+  for part in filter(None, (arg or "").split(",")):
+    key, _, value = part.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument {key!r}; valid: {sorted(defaults)}.")
+    if not _:
+      out[key] = True
+      continue
+    default = defaults[key]
+    if isinstance(default, bool):
+      out[key] = value.lower() in ("1", "true", "yes", "y")
+    elif isinstance(default, (int, float)):
+      out[key] = type(default)(ast.literal_eval(value))
+    else:
+      out[key] = value
+  return mlc.ConfigDict(out)
+
+
+def method_config(name: str, *, igdm_alpha: float = 0.0, **overrides: Any
+                  ) -> mlc.ConfigDict:
+  """``config.method`` for ``name``: the method's paper defaults, then overrides."""
+  hp = methods_lib.default_hparams(name)
+  attack_overrides = overrides.pop("attack", {})
+  unknown = sorted(set(overrides) - set(hp))
+  if unknown:
+    raise ValueError(f"Method {name!r} has no hyperparameter(s) {unknown}; valid: {sorted(hp)}.")
+  hp.update(overrides)
+  if "attack" in hp:
+    hp["attack"] = dict(hp["attack"], **attack_overrides)
+  block = {"name": name, **hp, "igdm": {"alpha": igdm_alpha}}
+  return mlc.ConfigDict(block)
+
+
+def teacher_config(path: str = "", *, model: str = "", num_classes: int = 0,
+                   dtype: str = "float32", which: str = "best", **model_kw: Any
+                   ) -> mlc.ConfigDict:
+  """One entry of ``config.teachers``.
+
+  ``path`` is a kdrobust run directory (its best or latest checkpoint), a
+  converted-teacher directory (``python -m kdrobust.teachers.convert``) or a
+  PyTorch ``.pt``/``.pth`` state_dict (then ``model`` names the architecture
+  and ``model_kw`` its keyword arguments). ``which`` picks a run's checkpoint:
+  ``'best'`` (by robust accuracy), ``'latest'`` or a step number as a string.
+  ``dtype='bfloat16'`` runs the frozen teacher in bf16 (a free speed-up).
+  """
+  return mlc.ConfigDict({"path": path, "model": model, "num_classes": num_classes,
+                         "dtype": dtype, "which": which, "kwargs": dict(model_kw)})
+
+
+def base_config() -> mlc.ConfigDict:
+  """Every field a run reads, with defaults (experiment configs override them)."""
+  c = mlc.ConfigDict()
+  c.seed = 0
+  c.num_epochs = 1
+  c.total_steps = 0  # > 0 cuts the run to this many steps (schedules keep num_epochs)
+  c.log_every_steps = 50
+  c.num_devices = 0  # 0 = every device
+  c.data = mlc.ConfigDict({
+      "name": "digits", "data_dir": "", "batch_size": 128,
+      "eval_batch_size": 256, "augment": True})
+  c.model = mlc.ConfigDict({
+      "name": "small_cnn",
+      "normalize": True,  # per-dataset mean/std inside the model
+      "dtype": "float32",  # compute dtype; 'bfloat16' keeps params and inputs fp32
+      "kwargs": {}})
+  c.method = method_config("natural")
+  c.teachers = mlc.ConfigDict()  # name -> teacher_config(...), in order
+  c.teacher_eval_examples = 512  # clean + PGD-20 check of each teacher; 0 = off
+  c.optim = mlc.ConfigDict({
+      "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
+      "schedule": "piecewise",  # 'piecewise' | 'cosine' | 'constant'
+      "decay_epochs": (), "decay_factor": 0.1, "warmup_epochs": 0.0})
+  c.eval = mlc.ConfigDict({
+      "every_epochs": 1, "num_examples": 0, "eps": 8 / 255,
+      "attacks": {"pgd20": eval_attack_config("pgd", steps=20, step_fraction=0.25)}})
+  c.ckpt = mlc.ConfigDict({"every_epochs": 1, "keep": 2})
+  return c
+
+
+def eval_attack_config(name: str, *, steps: int = 1, step_fraction: float = 1.0,
+                       loss: str = "ce", init: str = "uniform", restarts: int = 1,
+                       norm: str = "linf") -> dict[str, Any]:
+  """An evaluation attack preset (step size = ``step_fraction * eps``)."""
+  return {"name": name, "steps": steps, "step_fraction": step_fraction,
+          "loss": loss, "init": init, "restarts": restarts, "norm": norm}
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def config_differences(a: dict, b: dict, ignore=RESUMABLE_KEYS) -> list[str]:
+  """Keys whose values differ between two config dicts (ignoring resumable keys)."""
+  fa, fb = flatten(a), flatten(b)
+  skip = lambda k: any(k == i or k.startswith(i + ".") for i in ignore)
+  return sorted(k for k in set(fa) | set(fb)
+                if not skip(k) and fa.get(k) != fb.get(k))

@@ -1,0 +1,283 @@
+"""Deterministic, resumable, multi-host train and eval iterators (numpy out).
+
+Resumability is structural, nothing is checkpointed:
+
+* the example order of epoch ``e`` is a permutation derived from (seed, e);
+* the global batch at step ``s`` is the slice ``[k*B, (k+1)*B)`` of that order,
+  with ``e, k = divmod(s, num_train // B)`` (each epoch's remainder dropped);
+* the augmentation randomness of step ``s`` is drawn for the whole global
+  batch from a generator derived from (seed, s);
+* process ``p`` of ``P`` takes the contiguous chunk ``[p*b, (p+1)*b)``,
+  ``b = B // P``, of the global batch and of its augmentation parameters.
+
+So ``train_iterator(..., start_step=s)`` yields exactly what an uninterrupted
+iterator yields from step ``s`` on, and P processes together yield exactly the
+single-process global batch. Small datasets are decoded once into uint8 numpy;
+ImageNet is decoded per batch in a thread pool. Batches are float32 in [0, 1]:
+normalisation lives in the model.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import os
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+
+from kdrobust.data import augment as aug_lib
+from kdrobust.data import catalog
+from kdrobust.data import synthetic
+from kdrobust.data import tfds_source
+
+_ORDER_TAG = 0
+_AUGMENT_TAG = 1
+PAD = 4
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The example order of ``epoch``: a permutation of range(n) from (seed, epoch)."""
+  return np.random.default_rng([seed, _ORDER_TAG, epoch]).permutation(n)
+
+
+def step_rng(seed: int, step: int) -> np.random.Generator:
+  """The generator of the augmentation randomness of global step ``step``."""
+  return np.random.default_rng([seed, _AUGMENT_TAG, step])
+
+
+def local_range(global_batch: int, process_index: int,
+                process_count: int) -> tuple[int, int]:
+  """[lo, hi) of this process's contiguous chunk of a global batch."""
+  if global_batch % process_count:
+    raise ValueError(f"Global batch size {global_batch} is not divisible by "
+                     f"the process count {process_count}.")
+  b = global_batch // process_count
+  return process_index * b, (process_index + 1) * b
+
+
+def resolve_process(process_index: int | None,
+                    process_count: int | None) -> tuple[int, int]:
+  """Fills in the missing process index / count from JAX."""
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
+  return process_index, process_count
+
+
+def _load(name: str, data_dir: str | None, split: str, spec: catalog.Spec):
+  """In-memory arrays (small datasets, synthetic) or a random-access source."""
+  if catalog.is_synthetic(name):
+    return synthetic.load(name, split)
+  if spec.in_memory:
+    return tfds_source.load_arrays(name, data_dir, split)
+  return tfds_source.open_split(name, data_dir, split)
+
+
+def _size(data) -> int:
+  return len(data["label"]) if isinstance(data, dict) else len(data)
+
+
+def _augment_params(spec: catalog.Spec, rng, n: int) -> dict:
+  if spec.train_aug == "pad_crop_flip":
+    return aug_lib.pad_crop_flip_params(rng, n, PAD)
+  if spec.train_aug == "inception_crop_flip":
+    return aug_lib.inception_crop_params(rng, n)
+  return {}
+
+
+def _view(spec: catalog.Spec, image: np.ndarray, params: dict | None,
+          j: int) -> np.ndarray:
+  """One decoded (streamed) example -> its HxWxC uint8 training/eval view."""
+  size = spec.image_shape[0]
+  if params and spec.train_aug == "inception_crop_flip":
+    return aug_lib.inception_crop_flip(image, params["u"][j], params["flip"][j], size)
+  if spec.eval_view == "resize_center_crop":
+    return aug_lib.resize_center_crop(image, round(size * 256 / 224), size)
+  return image
+
+
+def _gather(data, spec: catalog.Spec, indices: np.ndarray, params: dict | None,
+            pool) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 images and int32 labels of ``indices``, augmented by ``params``."""
+  if isinstance(data, dict):
+    images = data["image"][indices]
+    if params and spec.train_aug == "pad_crop_flip":
+      images = aug_lib.pad_crop_flip(images, params, PAD)
+    return images, data["label"][indices].astype(np.int32)
+
+  def one(j_i):
+    j, i = j_i
+    ex = data[int(i)]
+    return _view(spec, np.asarray(ex["image"], np.uint8), params, j), ex["label"]
+  out = list(pool.map(one, enumerate(indices)))
+  return (np.stack([o[0] for o in out]),
+          np.asarray([o[1] for o in out], np.int32))
+
+
+def _make_pool(data, threads: int | None):
+  if isinstance(data, dict):
+    return None
+  return concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1)
+
+
+def _train_batches(data, spec: catalog.Spec, *, batch_size: int, seed: int,
+                   start_step: int, augment: bool, lo: int, hi: int,
+                   threads: int | None) -> Iterator[dict]:
+  n = _size(data)
+  per_epoch = n // batch_size
+  epoch, order = -1, None
+  pool = _make_pool(data, threads)
+  try:
+    step = start_step
+    while True:
+      e, k = divmod(step, per_epoch)
+      if e != epoch:
+        epoch, order = e, epoch_order(seed, e, n)
+      indices = order[k * batch_size:(k + 1) * batch_size][lo:hi]
+      params = None
+      if augment:
+        params = _augment_params(spec, step_rng(seed, step), batch_size)
+        params = {key: v[lo:hi] for key, v in params.items()}
+      images, labels = _gather(data, spec, indices, params, pool)
+      yield {"image": aug_lib.to_float(images, spec.levels), "label": labels}
+      step += 1
+  finally:
+    if pool is not None:
+      pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _eval_batches(data, spec: catalog.Spec, *, n: int, batch_size: int, lo: int,
+                  hi: int, threads: int | None) -> Iterator[dict]:
+  pool = _make_pool(data, threads)
+  shape = (data["image"].shape[1:] if isinstance(data, dict) else spec.image_shape)
+  try:
+    for k in range(math.ceil(n / batch_size)):
+      positions = np.arange(k * batch_size + lo, k * batch_size + hi)
+      mask = positions < n
+      image = np.zeros((hi - lo,) + tuple(shape), np.float32)
+      label = np.zeros((hi - lo,), np.int32)
+      if mask.any():
+        images, labels = _gather(data, spec, positions[mask], None, pool)
+        image[mask] = aug_lib.to_float(images, spec.levels)
+        label[mask] = labels
+      yield {"image": image, "label": label, "mask": mask}
+  finally:
+    if pool is not None:
+      pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+  """Puts unless ``stop`` is set first; returns whether it was put."""
+  while not stop.is_set():
+    try:
+      q.put(item, timeout=0.05)
+      return True
+    except queue.Full:
+      pass
+  return False
+
+
+def prefetch(it: Iterator, size: int = 2) -> Iterator:
+  """Runs ``it`` in a daemon thread, ``size`` items ahead; re-raises its errors."""
+  if size <= 0:
+    yield from it
+    return
+  q, stop = queue.Queue(maxsize=size), threading.Event()
+
+  def work():
+    try:
+      for x in it:
+        if not _put(q, (True, x), stop):
+          return
+      _put(q, (False, None), stop)
+    except BaseException as e:  # pylint: disable=broad-except
+      _put(q, (False, e), stop)
+
+  threading.Thread(target=work, daemon=True, name="kdrobust-prefetch").start()
+  try:
+    while True:
+      ok, x = q.get()
+      if not ok:
+        if x is not None:
+          raise x
+        return
+      yield x
+  finally:
+    stop.set()
+
+
+def train_iterator(name: str, *, data_dir: str | None, batch_size: int,
+                   seed: int, start_step: int = 0, augment: bool = True,
+                   process_index: int | None = None,
+                   process_count: int | None = None, prefetch_size: int = 2,
+                   threads: int | None = None) -> Iterator[dict]:
+  """Infinite training batches of this process: {'image', 'label'}.
+
+  Args:
+    name: dataset name (see ``available()``), e.g. 'cifar10' or
+      'synthetic:32x32x3:10'.
+    data_dir: TFDS data dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    batch_size: the GLOBAL batch size; this process yields
+      ``batch_size // process_count`` examples per step.
+    seed: order and augmentation seed (non-negative int).
+    start_step: the first global step to yield (resume).
+    augment: pad-4 crop + flip (32x32, 64x64), random-resized crop + flip
+      (ImageNet), nothing for 8x8 digits.
+    process_index / process_count: default to JAX's.
+    prefetch_size: batches prepared ahead in a background thread (0: none).
+    threads: decoding threads for ImageNet (default: all cores).
+
+  Yields:
+    {'image': float32[b, H, W, C] in [0, 1], 'label': int32[b]}.
+
+  Raises (at call time): ValueError for an unknown name or a bad batch size,
+    DatasetNotFoundError if the dataset is not prepared.
+  """
+  spec = catalog.spec(name)
+  p, pc = resolve_process(process_index, process_count)
+  lo, hi = local_range(batch_size, p, pc)
+  data = _load(name, data_dir, spec.train_split, spec)
+  if _size(data) < batch_size:
+    raise ValueError(f"{name!r} has {_size(data)} training examples, fewer "
+                     f"than the global batch size {batch_size}.")
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}.")
+  it = _train_batches(data, spec, batch_size=batch_size, seed=seed,
+                      start_step=start_step, augment=augment, lo=lo, hi=hi,
+                      threads=threads)
+  return prefetch(it, prefetch_size)
+
+
+def eval_iterator(name: str, *, data_dir: str | None, batch_size: int,
+                  split: str | None = None, num_examples: int | None = None,
+                  process_index: int | None = None,
+                  process_count: int | None = None, prefetch_size: int = 2,
+                  threads: int | None = None) -> Iterator[dict]:
+  """Finite eval batches of this process: {'image', 'label', 'mask'}.
+
+  The first ``num_examples`` examples of ``split`` (default: the test split)
+  in dataset order; global batch ``k`` covers positions ``[k*B, (k+1)*B)`` and
+  process ``p`` takes its contiguous chunk. Positions past the end are
+  zero-padded with ``mask=False``, so every example counts exactly once and
+  every process yields ``ceil(n / B)`` batches. ImageNet is resized (shorter
+  side 256) and centre-cropped to 224.
+  """
+  spec = catalog.spec(name)
+  p, pc = resolve_process(process_index, process_count)
+  lo, hi = local_range(batch_size, p, pc)
+  data = _load(name, data_dir, split or spec.test_split, spec)
+  n = _size(data) if num_examples is None else min(num_examples, _size(data))
+  it = _eval_batches(data, spec, n=n, batch_size=batch_size, lo=lo, hi=hi,
+                     threads=threads)
+  return prefetch(it, prefetch_size)
+
+
+def steps_per_epoch(name: str, data_dir: str | None, batch_size: int) -> int:
+  """num_train // batch_size (the global batch size)."""
+  return catalog.info(name, data_dir).num_train // batch_size

@@ -1,0 +1,177 @@
+"""What a training method is: an inner attack objective plus an outer loss.
+
+A method is a frozen dataclass (hashable, closed over at jit time) whose fields
+are its hyperparameters. The shared train step (:mod:`kdrobust.train_step`)
+runs every method the same way:
+
+1. build a :class:`Ctx` for the batch: inputs, labels, mask, a PRNG key, the
+   current epoch, the student in **inference** mode (running batch-norm
+   statistics, nothing updated) and each teacher in inference mode;
+2. ``x_adv = method.perturb(ctx)``: the inner maximisation (or ``None`` for
+   methods trained on clean inputs only); its result is ``stop_gradient``-ed;
+3. inside ``loss_fn(params)``: ``method.loss(ctx, student, x_adv, state)``
+   where ``student`` is a :class:`TrainForward`, the student in **train**
+   mode; every call threads the batch-norm statistics in order, so each
+   train-mode forward updates the running statistics once, as in PyTorch;
+4. gradients, optimizer update, new batch-norm statistics and method state.
+
+Teacher logits are differentiable with respect to the *input* (AdaAD's inner
+attack needs that); the outer losses wrap them in ``stop_gradient`` and the
+teacher variables are never passed to the optimizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kdrobust.attacks import projected as pgd_lib
+
+Array = jax.Array
+LogitsFn = Callable[[Array], Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerAttack:
+  """Settings of the inner PGD (the paper defaults differ per method).
+
+  ``init``: ``'uniform'`` (clip(x + U[-eps, eps])) or ``'gaussian'``
+  (x + 0.001 N(0, I), TRADES-style) or ``'none'``; ``unroll`` is passed to
+  ``lax.fori_loop`` (unrolling is faster on XLA:CPU, see environment.md).
+  """
+  eps: float = 8 / 255
+  step_size: float = 2 / 255
+  steps: int = 10
+  norm: str = "linf"
+  init: str = "uniform"
+  unroll: int = 1
+
+  def __call__(self, objective: Callable[[Array], Array], x: Array,
+               key: Array) -> Array:
+    """Maximise the per-example ``objective`` around ``x``; returns the last iterate."""
+    return pgd_lib.pgd_inner(objective, x, key, eps=self.eps,
+                             step_size=self.step_size, steps=self.steps,
+                             norm=self.norm, init=self.init,
+                             unroll=self.unroll)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ctx:
+  """Everything a method may read about the current batch (built inside jit).
+
+  ``epoch`` is the 1-indexed current epoch (float32 scalar, traced), as the
+  papers' per-epoch schedules (IAD's warm-up, IGDM's ramp, DARHT's curriculum)
+  use it; ``num_epochs`` is static.
+  """
+  x: Array
+  y: Array
+  mask: Array
+  key: Array
+  epoch: Array
+  num_epochs: int
+  num_classes: int
+  student_eval: LogitsFn
+  teachers: tuple[LogitsFn, ...] = ()
+
+  def teacher(self, i: int = 0) -> LogitsFn:
+    return self.teachers[i]
+
+  def sub_key(self, name: str) -> Array:
+    """A key derived from the step key for one named use (attack, coin, ...)."""
+    return jax.random.fold_in(self.key, _stable_hash(name))
+
+
+class TrainForward:
+  """The student in train mode, threading batch-norm statistics call by call.
+
+  ``student(x)`` returns logits and replaces ``student.batch_stats`` with the
+  statistics updated by this forward, so ``k`` calls update the running
+  statistics ``k`` times in order (PyTorch semantics). Used only inside the
+  traced loss function; ``student.calls`` counts forwards for tests.
+  ``student(x, capture=True)`` also returns the sown ``intermediates``.
+  """
+
+  def __init__(self, apply_fn, params, batch_stats, rngs=None):
+    self.apply_fn = apply_fn
+    self.params = params
+    self.batch_stats = batch_stats
+    self.rngs = rngs
+    self.calls = 0
+
+  def __call__(self, x: Array, capture: bool = False):
+    variables = {"params": self.params}
+    mutable = ["intermediates"] if capture else []
+    if self.batch_stats:  # models without batch norm carry an empty dict
+      variables["batch_stats"] = self.batch_stats
+      mutable.append("batch_stats")
+    rngs = None
+    if self.rngs is not None:
+      rngs = {"dropout": jax.random.fold_in(self.rngs, self.calls)}
+    self.calls += 1
+    if not mutable:
+      return self.apply_fn(variables, x, train=True, rngs=rngs)
+    logits, updates = self.apply_fn(variables, x, train=True, mutable=mutable,
+                                    rngs=rngs)
+    if self.batch_stats:
+      self.batch_stats = updates["batch_stats"]
+    if capture:
+      return logits, updates.get("intermediates", {})
+    return logits
+
+
+class LossOut(NamedTuple):
+  """A method's outer loss: the scalar to minimise and what to log.
+
+  ``state`` is the method's carried state (e.g. MTARD's teacher weights);
+  ``skip`` (bool scalar) asks the step to leave parameters, optimizer and
+  batch statistics unchanged for this batch (DARHT skips batches whose CE
+  exceeds a threshold).
+  """
+  loss: Array
+  metrics: dict[str, Array]
+  state: Any = None
+  skip: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """Base class. Subclasses set ``name``, ``teachers`` and implement the hooks."""
+  name: ClassVar[str] = "base"
+  # Allowed number of teachers: (minimum, maximum or None for any).
+  teachers: ClassVar[tuple[int, int | None]] = (0, 0)
+
+  attack: InnerAttack = InnerAttack()
+
+  def init_state(self, num_classes: int) -> dict[str, Array]:
+    """Initial method state carried in the train state (checkpointed)."""
+    del num_classes
+    return {}
+
+  def perturb(self, ctx: Ctx) -> Array | None:
+    """The inner maximisation: adversarial inputs, or ``None`` (clean training)."""
+    del ctx
+    return None
+
+  def loss(self, ctx: Ctx, student: TrainForward, x_adv: Array | None,
+           state: dict[str, Array]) -> LossOut:
+    raise NotImplementedError
+
+
+def sg(x):
+  """``jax.lax.stop_gradient`` on a pytree."""
+  return jax.tree.map(jax.lax.stop_gradient, x)
+
+
+def _stable_hash(name: str) -> int:
+  h = 0
+  for ch in name:
+    h = (h * 131 + ord(ch)) % (2**31 - 1)
+  return h
+
+
+def epoch_ramp(ctx: Ctx) -> Array:
+  """IGDM's linear ramp ``t / E`` with ``t`` the 1-indexed epoch."""
+  return jnp.asarray(ctx.epoch, jnp.float32) / ctx.num_epochs

@@ -1,0 +1,152 @@
+"""Frozen teachers: load, check against the data, evaluate.
+
+A teacher is data, not state: its variables are never in the optimizer, never
+updated, never checkpointed with the student; it always runs in inference mode
+(:func:`kdrobust.train_step.teacher_logits_fn`) and is replicated across
+devices. Sources (``config.teachers.<name>.path``):
+
+* a kdrobust run directory (its best checkpoint by robust accuracy, else the
+  latest; ``which='latest'`` or a step number to choose);
+* a converted-teacher directory written by ``python -m kdrobust.teachers.convert``
+  (holds ``teacher.json``);
+* a PyTorch ``.pt``/``.pth`` state_dict in a RobustBench layout, converted on
+  the fly (``model`` names the architecture, ``kwargs`` its options).
+
+A teacher whose number of classes or input shape does not fit the data is
+refused with a clear error before any training compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+class TeacherError(ValueError):
+  """A teacher cannot be used with this run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  name: str
+  module: Any  # flax.linen.Module
+  variables: Any
+  num_classes: int
+  source: str
+
+
+def _kind(path: str) -> str:
+  if not path:
+    raise TeacherError("Teacher path is empty: set config.teachers.<name>.path.")
+  if not os.path.exists(path):
+    raise TeacherError(f"Teacher path {path!r} does not exist.")
+  if os.path.isdir(path):
+    if os.path.exists(os.path.join(path, "model.json")):
+      return "run"
+    if os.path.exists(os.path.join(path, "teacher.json")):
+      return "converted"
+    raise TeacherError(f"{path!r} is neither a kdrobust run directory (model.json) nor a "
+                       "converted teacher (teacher.json).")
+  if path.endswith((".pt", ".pth")):
+    return "torch"
+  raise TeacherError(f"Unsupported teacher file {path!r}: expected a kdrobust run directory, "
+                     "a converted-teacher directory or a PyTorch .pt/.pth state_dict.")
+
+
+def declared_num_classes(tc) -> int | None:
+  """Number of classes a teacher declares without loading weights (None: unknown)."""
+  kind = _kind(tc.path)
+  if kind == "run":
+    with open(os.path.join(tc.path, "model.json")) as f:
+      return int(json.load(f)["num_classes"])
+  if kind == "converted":
+    with open(os.path.join(tc.path, "teacher.json")) as f:
+      return int(json.load(f)["num_classes"])
+  return int(tc.num_classes) or None
+
+
+def check_compatible(name: str, tc, info) -> None:
+  """Cheap pre-compute check of teacher ``name`` against the dataset ``info``."""
+  n = declared_num_classes(tc)
+  if n is not None and n != info.num_classes:
+    raise TeacherError(
+        f"Teacher {name!r} ({tc.path}) predicts {n} classes but dataset {info.name!r} has "
+        f"{info.num_classes}: a teacher must be trained on the student's label set.")
+
+
+def check_against_data(teacher: Teacher, info) -> None:
+  """Refuse a loaded teacher whose outputs do not fit the data's inputs and classes."""
+  x = jax.ShapeDtypeStruct((2,) + tuple(info.image_shape), jnp.float32)
+  try:
+    out = jax.eval_shape(lambda v, x: teacher.module.apply(v, x, train=False),
+                         teacher.variables, x)
+  except Exception as e:  # pylint: disable=broad-except
+    raise TeacherError(f"Teacher {teacher.name!r} cannot run on {info.name!r} inputs of shape "
+                       f"{tuple(info.image_shape)}: {type(e).__name__}: {e}") from e
+  if out.shape != (2, info.num_classes):
+    raise TeacherError(f"Teacher {teacher.name!r} outputs {out.shape[-1]} logits but dataset "
+                       f"{info.name!r} has {info.num_classes} classes.")
+
+
+def load(name: str, tc) -> Teacher:
+  """Load teacher ``name`` from its config entry (see the module docstring)."""
+  kind = _kind(tc.path)
+  dtype = tc.get("dtype", "float32")
+  if kind == "run":
+    return _load_run(name, tc, dtype)
+  if kind == "converted":
+    from kdrobust.teachers import convert  # pylint: disable=g-import-not-at-top
+    module, variables = convert.load_converted(tc.path, dtype=dtype)
+    with open(os.path.join(tc.path, "teacher.json")) as f:
+      n = int(json.load(f)["num_classes"])
+    return Teacher(name, module, variables, n, f"converted:{os.path.abspath(tc.path)}")
+  from kdrobust import models  # pylint: disable=g-import-not-at-top
+  from kdrobust.teachers import torch_io  # pylint: disable=g-import-not-at-top
+  if not tc.model:
+    raise TeacherError(f"Teacher {name!r} is a PyTorch file: set config.teachers.{name}.model "
+                       f"to its architecture (one of {', '.join(models.available())}).")
+  kw = dict(tc.get("kwargs", {}) or {})
+  sd = torch_io.load_torch_state_dict(tc.path)
+  variables = torch_io.torch_to_flax(sd, tc.model, int(tc.num_classes) or None, **kw)
+  n = _num_classes_of(variables)
+  module = models.get(tc.model, num_classes=n, dtype=dtype, **kw)
+  return Teacher(name, module, variables, n, f"torch:{os.path.abspath(tc.path)}")
+
+
+def _num_classes_of(variables) -> int:
+  leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
+  return int(leaves[-1][1].shape[-1])
+
+
+def _load_run(name: str, tc, dtype: str) -> Teacher:
+  import ml_collections as mlc  # pylint: disable=g-import-not-at-top
+  from kdrobust import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from kdrobust import train  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(tc.path, "model.json")) as f:
+    spec = json.load(f)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(tc.path, "checkpoints"), enable_async=False)
+  which = tc.get("which", "best")
+  if which == "best":
+    step = ckpt.best_step() or ckpt.latest_step()
+  elif which == "latest":
+    step = ckpt.latest_step()
+  else:
+    step = int(which)
+  if step is None:
+    raise TeacherError(f"Teacher run {tc.path!r} has no checkpoint yet.")
+  raw = ckpt.restore_raw(step)
+  ckpt.close()
+  model_cfg = mlc.ConfigDict(spec["model"])
+  model_cfg.dtype = dtype
+  module = train.build_model(model_cfg, spec["num_classes"], spec["dataset"])
+  variables = {"params": raw["params"]}
+  if raw.get("batch_stats"):
+    variables["batch_stats"] = raw["batch_stats"]
+  variables = jax.tree.map(jnp.asarray, variables)
+  return Teacher(name, module, variables, int(spec["num_classes"]),
+                 f"run:{os.path.abspath(tc.path)}@{step}")

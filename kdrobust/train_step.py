@@ -1,0 +1,151 @@
+"""The jitted train step and evaluation step shared by every method.
+
+``make_train_step`` returns ``step(state, teacher_variables, batch) ->
+(state, metrics)``: one ``jax.jit`` with the state donated, the batch sharded
+over ``'data'`` and everything else replicated. The PRNG key of a step is
+``fold_in(base_key, state.step)``, so no key is checkpointed and a resumed
+run draws exactly the same randomness.
+
+Numerical safety: if the loss or the gradients are not finite, the step
+returns the *previous* state (parameters, optimizer, batch statistics and
+method state untouched) and increments ``state.nonfinite``; the loop stops the
+run on the next log step with the last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from kdrobust import losses
+from kdrobust.methods.base import Ctx, Method, TrainForward
+from kdrobust.state import TrainState
+
+Array = jax.Array
+
+
+def teacher_logits_fn(apply_fn, variables) -> Callable[[Array], Array]:
+  """A frozen teacher: inference mode, float32 logits, differentiable w.r.t. x only."""
+  variables = jax.lax.stop_gradient(variables)
+  return lambda x: jnp.asarray(apply_fn(variables, x, train=False), jnp.float32)
+
+
+def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformation,
+                    teacher_apply_fns: Sequence[Callable] = (), num_classes: int,
+                    num_epochs: int, steps_per_epoch: int, seed: int,
+                    lr_schedule: Callable | None = None, mesh=None,
+                    jit: bool = True):
+  """Build the train step for ``method`` (see the module docstring)."""
+  base_key = jax.random.PRNGKey(seed)
+  teacher_apply_fns = tuple(teacher_apply_fns)
+
+  def step(state: TrainState, teacher_variables, batch):
+    key = jax.random.fold_in(base_key, state.step)
+    epoch = (state.step // steps_per_epoch + 1).astype(jnp.float32)
+    variables = state.variables()
+    student_eval = lambda x: apply_fn(variables, x, train=False)
+    teachers = tuple(teacher_logits_fn(f, v)
+                     for f, v in zip(teacher_apply_fns, teacher_variables))
+    mask = batch.get("mask")
+    if mask is None:
+      mask = jnp.ones(batch["label"].shape, bool)
+    ctx = Ctx(x=batch["image"], y=batch["label"], mask=mask,
+              key=jax.random.fold_in(key, 0), epoch=epoch,
+              num_epochs=num_epochs, num_classes=num_classes,
+              student_eval=student_eval, teachers=teachers)
+    x_adv = method.perturb(ctx)
+    if x_adv is not None:
+      x_adv = jax.lax.stop_gradient(x_adv)
+
+    def loss_fn(params):
+      student = TrainForward(apply_fn, params, state.batch_stats,
+                             rngs=jax.random.fold_in(key, 1))
+      out = method.loss(ctx, student, x_adv, state.method_state)
+      return out.loss, (out, student.batch_stats)
+
+    (loss, (out, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, new_opt = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = ~finite
+    if out.skip is not None:
+      keep = keep | out.skip
+    new_ms = out.state if out.state is not None else state.method_state
+    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, b, a), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=pick(new_params, state.params),
+        batch_stats=pick(new_bs, state.batch_stats),
+        opt_state=pick(new_opt, state.opt_state),
+        method_state=pick(new_ms, state.method_state),
+        nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+    metrics = dict(out.metrics)
+    metrics["loss"] = loss
+    metrics["grad_norm"] = grad_norm
+    if out.skip is not None:
+      metrics["skipped"] = out.skip.astype(jnp.float32)
+    if lr_schedule is not None:
+      metrics["lr"] = lr_schedule(state.step)
+    return new_state, metrics
+
+  if not jit:
+    return step
+  if mesh is None:
+    return jax.jit(step, donate_argnums=(0,))
+  from kdrobust import parallel  # pylint: disable=g-import-not-at-top
+  rep = parallel.replicated(mesh)
+  return jax.jit(step, donate_argnums=(0,), out_shardings=(rep, rep))
+
+
+def make_eval_step(apply_fn, attacks: Mapping[str, Callable], *, seed: int = 0):
+  """Per-batch correct counts: ``eval(variables, batch, eps) -> {name: count}``.
+
+  Batch norm runs in inference mode and matmuls at 'highest' precision.
+  ``attacks`` maps a name to ``attack(logits_fn, x, y, key, eps) -> x_adv``.
+  ``eps`` is traced, so evaluating several epsilons never recompiles. Counts
+  respect ``batch['mask']`` (padding of the last batch).
+  """
+  base_key = jax.random.PRNGKey(seed)
+
+  @jax.jit
+  def eval_step(variables, batch, eps, batch_index):
+    with jax.default_matmul_precision("highest"):
+      logits_fn = lambda x: apply_fn(variables, x, train=False)
+      x, y, mask = batch["image"], batch["label"], batch["mask"]
+      out = {"clean": jnp.sum(losses.accuracy(logits_fn(x), y) * mask)}
+      key = jax.random.fold_in(base_key, batch_index)
+      for i, (name, attack) in enumerate(sorted(attacks.items())):
+        x_adv = attack(logits_fn, x, y, jax.random.fold_in(key, i), eps)
+        out[name] = jnp.sum(losses.accuracy(logits_fn(x_adv), y) * mask)
+      out["count"] = jnp.sum(mask.astype(jnp.float32))
+      return out
+
+  return eval_step
+
+
+def eval_attack(name: str, *, steps: int, step_size: float | None = None,
+                loss: str = "ce", init: str = "uniform", restarts: int = 1,
+                norm: str = "linf", step_fraction: float | None = None):
+  """An evaluation attack ``(logits_fn, x, y, key, eps) -> x_adv`` from plain data.
+
+  ``name`` is ``'fgsm'`` or ``'pgd'``; with ``step_fraction`` the step size is
+  ``step_fraction * eps`` (so an epsilon sweep keeps the preset's proportions).
+  """
+  from kdrobust.attacks import projected as pgd_lib  # pylint: disable=g-import-not-at-top
+
+  def attack(logits_fn, x, y, key, eps):
+    if name == "fgsm":
+      return pgd_lib.fgsm(logits_fn, x, y, key, eps=eps, init=init, norm=norm)
+    a = step_size if step_fraction is None else step_fraction * eps
+    return pgd_lib.pgd(logits_fn, x, y, key, eps=eps, step_size=a, steps=steps,
+                       loss=loss, init=init, restarts=restarts, norm=norm)
+
+  if name not in ("fgsm", "pgd"):
+    raise ValueError(f"Unknown evaluation attack {name!r}; valid: fgsm, pgd.")
+  return attack
