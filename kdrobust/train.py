@@ -141,7 +141,15 @@ def validate(config) -> tuple[Any, Any]:
   if config.model.name not in models_lib.available():
     raise ValueError(f"Unknown model {config.model.name!r}; valid models: "
                      f"{', '.join(models_lib.available())}.")
-  info = data_lib.info(config.data.name, config.data.data_dir or None)
+  try:
+    info = data_lib.info(config.data.name, config.data.data_dir or None)
+  except data_lib.DatasetNotFoundError:
+    if config.data.name != "digits":
+      raise
+    # digits ships inside scikit-learn: preparing it needs no source and no network.
+    from kdrobust.data import prepare  # pylint: disable=g-import-not-at-top
+    print("Preparing the bundled digits dataset (scikit-learn, offline)...", flush=True)
+    info = prepare.prepare("digits", source=None, data_dir=config.data.data_dir or None)
   lo, hi = type(method).teachers
   n = len(config.teachers)
   if n < lo or (hi is not None and n > hi):

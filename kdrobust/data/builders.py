@@ -28,6 +28,7 @@ import io
 import os
 import pickle
 import tarfile
+import tempfile
 import zipfile
 
 import numpy as np
@@ -42,8 +43,12 @@ class _SafeUnpickler(pickle.Unpickler):
   _ALLOWED = {
       ("numpy.core.multiarray", "_reconstruct"),
       ("numpy._core.multiarray", "_reconstruct"),
+      ("numpy.core.multiarray", "scalar"),
+      ("numpy._core.multiarray", "scalar"),
       ("numpy", "ndarray"),
       ("numpy", "dtype"),
+      ("numpy.core.numeric", "_frombuffer"),
+      ("numpy._core.numeric", "_frombuffer"),
       ("_codecs", "encode"),
   }
 
@@ -356,6 +361,8 @@ BUILDERS = {b.name: b for b in (Cifar10, Cifar100, SvhnCropped, TinyImagenet, Di
 def prepare(name: str, source: str | None, data_dir: str) -> str:
   """Builds ``name`` offline into ``data_dir``; returns the dataset folder."""
   builder = BUILDERS[name](source=source, data_dir=data_dir)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      try_download_gcs=False))
+  with tempfile.TemporaryDirectory() as scratch:  # No data_dir/downloads left.
+    builder.download_and_prepare(
+        download_dir=scratch,
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return os.fspath(builder.data_dir)

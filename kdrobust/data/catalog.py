@@ -51,8 +51,8 @@ class Spec:
     eval_view: 'identity' | 'resize_center_crop'.
     levels: stored uint8 value u maps to round(u * levels / 255) / levels
       (255: plain u / 255; 16 for digits, stored as round(v * 255 / 16)).
-    source_hint: what ``--source`` takes, or None if no source is needed, or
-      '' if only ``--download`` works (catalog builder, needs TensorFlow).
+    source_hint: what ``--source`` takes, or None if no source is needed.
+    needs_tf: preparing goes through the TFDS catalog builder (TensorFlow).
   """
   name: str
   num_classes: int
@@ -64,7 +64,8 @@ class Spec:
   train_aug: str
   eval_view: str = "identity"
   levels: int = 255
-  source_hint: str | None = ""
+  source_hint: str | None = None
+  needs_tf: bool = False
 
 
 SPECS: dict[str, Spec] = {
@@ -80,12 +81,13 @@ SPECS: dict[str, Spec] = {
              source_hint="/path/to/folder_with_train_32x32.mat_and_test_32x32.mat"),
         Spec("imagenet2012", 1000, (224, 224, 3), "train", "validation",
              "5.1.0", False, "inception_crop_flip", "resize_center_crop",
-             source_hint=""),
+             source_hint="/path/to/folder_with_ILSVRC2012_img_train.tar_and_val.tar",
+             needs_tf=True),
         Spec("tiny_imagenet", 200, (64, 64, 3), "train", "validation",
              "1.0.0", True, "pad_crop_flip",
              source_hint="/path/to/tiny-imagenet-200.zip"),
         Spec("digits", 10, (8, 8, 1), "train", "test", "1.0.0", True, "none",
-             levels=16, source_hint=None),
+             levels=16),
     ]
 }
 
@@ -117,8 +119,7 @@ def synthetic_spec(name: str) -> Spec:
         f"'synthetic:<H>x<W>x<C>:<classes>', e.g. {SYNTHETIC_EXAMPLE!r}.")
   h, w, c, k = (int(g) for g in m.groups())
   aug = "pad_crop_flip" if min(h, w) >= 16 else "none"
-  return Spec(name, k, (h, w, c), "train", "test", "0.0.0", True, aug,
-              source_hint=None)
+  return Spec(name, k, (h, w, c), "train", "test", "0.0.0", True, aug)
 
 
 def spec(name: str) -> Spec:
@@ -143,12 +144,12 @@ def prepare_command(name: str, data_dir: str | None) -> str:
   s = spec(name)
   d = resolve_data_dir(data_dir)
   base = f"python -m kdrobust.data.prepare {name}"
-  if s.source_hint is None:
-    return f"{base} --data_dir {d}"
-  if s.source_hint == "":
-    return (f"{base} --download --data_dir {d}  (needs TensorFlow; for "
-            "imagenet2012 add --source <folder with the ILSVRC2012 tars>)")
-  return f"{base} --source {s.source_hint} --data_dir {d}"
+  cmd = f"{base} --data_dir {d}"
+  if s.source_hint is not None:
+    cmd = f"{base} --source {s.source_hint} --data_dir {d}"
+  if s.needs_tf:
+    cmd += "  # needs TensorFlow once, to prepare; never to train"
+  return cmd
 
 
 def _version_key(v: str) -> tuple[int, ...]:
@@ -189,7 +190,8 @@ def read_prepared(name: str, data_dir: str | None) -> dict:
   if fmt != "array_record":
     raise DatasetNotFoundError(
         f"Dataset {name!r} at {path} is stored as {fmt!r}, which needs "
-        f"TensorFlow to read. Re-prepare it as ArrayRecord with:\n  "
+        f"TensorFlow to read. Delete that folder and re-prepare it as "
+        f"ArrayRecord with:\n  "
         f"{prepare_command(name, data_dir)}")
   splits = {s["name"]: sum(int(n) for n in s.get("shardLengths", []))
             for s in meta.get("splits", [])}

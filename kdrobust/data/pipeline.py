@@ -228,7 +228,8 @@ def train_iterator(name: str, *, data_dir: str | None, batch_size: int,
     seed: order and augmentation seed (non-negative int).
     start_step: the first global step to yield (resume).
     augment: pad-4 crop + flip (32x32, 64x64), random-resized crop + flip
-      (ImageNet), nothing for 8x8 digits.
+      (ImageNet), nothing for 8x8 digits. With False, ImageNet gets the eval
+      view (resize 256, centre crop 224) and the others the raw images.
     process_index / process_count: default to JAX's.
     prefetch_size: batches prepared ahead in a background thread (0: none).
     threads: decoding threads for ImageNet (default: all cores).

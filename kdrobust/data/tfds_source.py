@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import os
 
 import numpy as np
 
@@ -63,15 +64,16 @@ def _load_arrays(name: str, data_dir: str, split: str, version: str,
 
 
 def load_arrays(name: str, data_dir: str | None, split: str,
-                threads: int = 2) -> dict[str, np.ndarray]:
+                threads: int | None = None) -> dict[str, np.ndarray]:
   """The whole split decoded once: {'image': uint8[N,H,W,C], 'label': int32[N]}.
 
   Cached per (name, data_dir, split, version) for the process (read-only
   arrays). Used for the small datasets (CIFAR, SVHN, Tiny ImageNet, digits).
+  ``threads`` (default: up to 8) decode chunks of 512 examples in parallel.
   """
   d = catalog.resolve_data_dir(data_dir)
   version = catalog.read_prepared(name, d)["version"]
-  return _load_arrays(name, d, split, version, threads)
+  return _load_arrays(name, d, split, version, threads or min(8, os.cpu_count() or 1))
 
 
 def clear_cache() -> None:

@@ -7,7 +7,7 @@ import dataclasses
 import jax
 
 from kdrobust import losses
-from kdrobust.attacks import pgd as pgd_lib
+from kdrobust import attacks as attacks_lib
 from kdrobust.methods import register
 from kdrobust.methods.base import InnerAttack, LossOut, Method, sg
 from kdrobust.methods.kd import attack_kwargs, bn_only_forward, distill_kl
@@ -26,9 +26,9 @@ def ce_inner(logits_fn, x: Array, y: Array, key: Array, *, eps=8 / 255,
   ``logits_fn`` must be per-example (inference-mode batch norm). Returns
   ``stop_gradient(x')``.
   """
-  return pgd_lib.pgd_inner(lambda u: losses.xent(logits_fn(u), y), x, key,
-                           eps=eps, step_size=step_size, steps=steps, norm=norm,
-                           init=init, unroll=unroll)
+  return attacks_lib.pgd_inner(lambda u: losses.xent(logits_fn(u), y), x, key,
+                               eps=eps, step_size=step_size, steps=steps,
+                               norm=norm, init=init, unroll=unroll)
 
 
 def ard_loss(student_adv_logits: Array, student_clean_logits: Array | None,

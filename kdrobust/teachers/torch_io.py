@@ -233,7 +233,7 @@ def _torch_prefix(layout: Layout, module_path: tuple[str, ...]) -> str:
   return s.replace("/", ".")
 
 
-def _torch_leaf(collection: str, leaf: str, ndim: int) -> str:
+def _torch_leaf(collection: str, leaf: str) -> str:
   if collection == "batch_stats":
     return {"mean": "running_mean", "var": "running_var"}[leaf]
   return {"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]
@@ -330,11 +330,11 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, num_classes: in
 
   module = models.get(arch, num_classes=num_classes, **model_kw)
   abstract = abstract_variables(module)
-  flat = traverse_util.flatten_dict(jax.tree.map(lambda a: a, dict(abstract)))
+  flat = traverse_util.flatten_dict(dict(abstract))
   out, missing, bad_shape = {}, [], []
   for path, a in flat.items():
     collection, *mods, leaf = path
-    key = f"{_torch_prefix(layout, tuple(mods))}.{_torch_leaf(collection, leaf, len(a.shape))}"
+    key = f"{_torch_prefix(layout, tuple(mods))}.{_torch_leaf(collection, leaf)}"
     if key not in sd:
       missing.append(key)
       continue
@@ -399,6 +399,26 @@ def flax_to_torch(variables: Mapping[str, Any], arch: str, **model_kw) -> dict[s
     collection, *mods, leaf = path
     if collection not in ("params", "batch_stats"):
       continue
-    key = f"{_torch_prefix(layout, tuple(mods))}.{_torch_leaf(collection, leaf, np.ndim(w))}"
+    key = f"{_torch_prefix(layout, tuple(mods))}.{_torch_leaf(collection, leaf)}"
     sd[key] = _to_torch_array(leaf, collection, np.asarray(w))
   return sd
+
+
+def expected_torch_shapes(arch: str, num_classes: int, **model_kw) -> dict[str, tuple[int, ...]]:
+  """``{torch key: shape}`` a state_dict must provide for ``arch`` (no weights built).
+
+  Excludes ``num_batches_tracked``, normalisation buffers and droppable
+  submodules. Handy to check a layout against a model built on torch's
+  ``meta`` device, or to see what a failing checkpoint should contain.
+  """
+  layout = layout_for(arch, model_kw)
+  module = models.get(arch, num_classes=num_classes, **model_kw)
+  out = {}
+  for path, a in traverse_util.flatten_dict(dict(abstract_variables(module))).items():
+    collection, *mods, leaf = path
+    key = f"{_torch_prefix(layout, tuple(mods))}.{_torch_leaf(collection, leaf)}"
+    shape = tuple(a.shape)
+    if collection == "params" and leaf == "kernel":
+      shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+    out[key] = shape
+  return out

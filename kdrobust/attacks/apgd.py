@@ -1,0 +1,558 @@
+"""APGD and APGD-T (Croce & Hein, ICML 2020), exactly as AutoAttack runs them.
+
+Reference: ``fra31/auto-attack`` at ``a392200`` = ``pyautoattack==0.2.0``
+(``autopgd_base.py``); spec: ``attacks.md`` sections 2, 3 and P13.
+
+One single run (:func:`apgd_single_run`) is a jitted ``lax.fori_loop`` over
+``n_iter`` iterations with every per-example quantity in an array:
+
+    x_0 = clip_[0,1](x_init),  eta_0 = 2 eps (per example),  g_0 = grad L(x_0)
+    for i = 0 .. n_iter-1:
+      a = 1 if i == 0 else 0.75,   Delta = x_i - x_{i-1}
+      z = P( x_i + eta * dir(g_i) )
+      x_{i+1} = P( x_i + a (z - x_i) + (1 - a) Delta )
+      (L_{i+1}, g_{i+1}) at x_{i+1};  keep the best-loss point (strict >) and
+      the most recent misclassified iterate
+      at a checkpoint (a static host-side table, see checkpoint_schedule):
+        reduce = [#{increases in the last k steps} <= rho k]
+                 or [not reduced_last and L_best_last >= L_best]
+        where reduce: eta /= 2, x_{i+1} = x_best, g_{i+1} = g_best
+
+with ``P`` = ball then box clipping for L-inf, and "rescale into the ball,
+then clip to the box" for L2, and ``dir = sign`` (L-inf) or ``g / ||g||_2``.
+Every quirk of the reference is kept (attacks.md P13): the ``<=`` in the
+oscillation test and its wrap-around read of ``loss_steps[-1]`` at the first
+checkpoint, ``x_{i-1}`` not reset after a restart-from-best, per-example step
+sizes, strict ``>`` for the best loss, a misclassified random start counting,
+momentum 0.75 from ``i = 1``. Like the reference, the step sizes and the
+``loss_steps`` buffer are float32 even when the run is float64.
+
+Randomness: :func:`random_start` (L-inf: ``x + eps t / max|t|``,
+``t ~ U[-1,1)``, a point on the eps-sphere; L2: ``x + eps t / ||t||_2``,
+``t ~ N(0, I)``) is the only random draw; the kernel takes ``x_init``
+explicitly so tests can inject the reference's start.
+
+The host-level :func:`apgd` / :func:`apgd_targeted` reproduce the reference's
+``perturb``: restarts (and targets) each run on the points still robust,
+starting from the clean point. Points are compacted on the host between
+rounds and re-batched into fixed-size padded chunks, so one compiled kernel
+serves every round, batch and epsilon (``eps`` is traced). Rounds run
+"target-major" over all still-robust points instead of the reference's
+"batch-major" order; every run is per-example independent, so only the
+assignment of random numbers differs (attacks.md section 6).
+
+This module also holds the small shared helpers the other attacks use
+(``as_logits_fn``, ``run_rounds``, ``predict``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kdrobust import losses
+from kdrobust.attacks.projected import as_key, canonical_norm
+
+Array = jax.Array
+LogitsFn = Callable[..., Array]
+APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
+DEFAULT_BATCH = 250  # AutoAttack's run_standard_evaluation default.
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers (used by fab.py, square.py, autoattack.py, transfer.py).
+# ---------------------------------------------------------------------------
+
+
+def as_logits_fn(logits_fn: LogitsFn) -> jax.tree_util.Partial:
+  """Wrap ``logits_fn`` as a ``jax.tree_util.Partial`` so it can be a jit argument.
+
+  A ``Partial(apply_fn, params)`` passed by the caller keeps ``params`` as
+  traced leaves (no constants baked into the executable, one compilation
+  per ``apply_fn``); any other callable becomes a leaf-less ``Partial`` whose
+  identity keys the jit cache.
+  """
+  if isinstance(logits_fn, jax.tree_util.Partial):
+    return logits_fn
+  return jax.tree_util.Partial(logits_fn)
+
+
+def call_logits(fn, x: Array, key: Array | None, randomized: bool) -> Array:
+  """``fn(x, key)`` for a randomized model (EoT), ``fn(x)`` otherwise."""
+  return fn(x, key) if randomized else fn(x)
+
+
+def bcast(v: Array, like: Array) -> Array:
+  """Reshape a per-example vector ``[B]`` to broadcast against ``like`` ``[B, ...]``."""
+  return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
+
+
+def l2_norm(v: Array) -> Array:
+  """Per-example ``||v||_2`` over all non-batch axes, shape ``[B]``."""
+  return jnp.sqrt(jnp.sum(jnp.square(v.reshape(v.shape[0], -1)), axis=-1))
+
+
+def linf_norm(v: Array) -> Array:
+  """Per-example ``||v||_inf``, shape ``[B]``."""
+  return jnp.max(jnp.abs(v.reshape(v.shape[0], -1)), axis=-1)
+
+
+def lp_norm(v: Array, norm: str) -> Array:
+  return linf_norm(v) if norm == "linf" else l2_norm(v)
+
+
+def normalize(v: Array, norm: str) -> Array:
+  """``v / (||v||_p + 1e-12)`` per example (the reference's ``normalize``)."""
+  return v / (bcast(lp_norm(v, norm), v) + 1e-12)
+
+
+def ranked_targets(clean_logits: Array, target_class) -> Array:
+  """The ``target_class``-th largest logit's index (``sort(z)[:, -k]``).
+
+  ``target_class`` is 2 for the runner-up class. Ties are resolved by
+  ``jnp.argsort``'s stable order (torch's sort is not stable, P14).
+  """
+  order = jnp.argsort(clean_logits, axis=-1)
+  col = clean_logits.shape[-1] - jnp.asarray(target_class, jnp.int32)
+  idx = jnp.broadcast_to(col, (clean_logits.shape[0], 1))
+  return jnp.take_along_axis(order, idx, axis=-1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("randomized",))
+def _predict(fn, x, key, randomized=False):
+  return jnp.argmax(call_logits(fn, x, key, randomized), axis=-1)
+
+
+def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
+  """Pad ``a`` to ``n`` rows by repeating its first row (valid numbers, masked out)."""
+  if a.shape[0] == n:
+    return a
+  reps = np.repeat(a[:1], n - a.shape[0], axis=0)
+  return np.concatenate([a, reps], axis=0)
+
+
+def predict(logits_fn: LogitsFn, x, *, batch_size: int | None = None,
+            key=None, randomized: bool = False) -> np.ndarray:
+  """Batched argmax predictions as a numpy array (fixed padded chunk shape)."""
+  fn = as_logits_fn(logits_fn)
+  x = np.asarray(x)
+  n = x.shape[0]
+  bs = min(batch_size or DEFAULT_BATCH, n)
+  key = as_key(0 if key is None else key)
+  out = np.empty((n,), np.int64)
+  for c, start in enumerate(range(0, n, bs)):
+    xb = _pad_rows(x[start:start + bs], bs)
+    pred = _predict(fn, jnp.asarray(xb), jax.random.fold_in(key, c),
+                    randomized=randomized)
+    out[start:start + bs] = np.asarray(pred)[:min(bs, n - start)]
+  return out
+
+
+def run_rounds(kernel, x: np.ndarray, y: np.ndarray, active: np.ndarray, *,
+               n_rounds: int, key: Array, batch_size: int,
+               progress: Callable[[int, int], None] | None = None):
+  """Run ``n_rounds`` rounds of a per-example-independent attack with compaction.
+
+  Round ``r`` attacks the points that are ``active`` and not yet fooled, in
+  index order, in chunks of exactly ``batch_size`` rows (the last chunk padded
+  by repetition, padding masked out). ``kernel(xb, yb, valid, r, key) ->
+  (adv, success, aux)`` is a jitted per-chunk function; where ``success`` the
+  point is fooled and ``adv`` stored. ``progress(done, total_estimate)`` is
+  called after every chunk. Returns ``(x_adv, fooled, aux_list)``.
+  """
+  x_adv = np.array(x, copy=True)
+  fooled = np.zeros(x.shape[0], bool)
+  aux = []
+  done = 0
+  for r in range(n_rounds):
+    idx = np.flatnonzero(active & ~fooled)
+    if idx.size == 0:
+      break
+    total_est = done + idx.size * (n_rounds - r)
+    rkey = jax.random.fold_in(key, r)
+    for c, start in enumerate(range(0, idx.size, batch_size)):
+      sel = idx[start:start + batch_size]
+      nv = sel.size
+      xb = _pad_rows(x[sel], batch_size)
+      yb = _pad_rows(y[sel], batch_size)
+      valid = np.arange(batch_size) < nv
+      adv, succ, a = kernel(jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(valid),
+                            jnp.asarray(r, jnp.int32), jax.random.fold_in(rkey, c))
+      succ = np.asarray(succ)[:nv]
+      adv = np.asarray(adv)[:nv]
+      hit = sel[succ]
+      fooled[hit] = True
+      x_adv[hit] = adv[succ]
+      aux.append(jax.tree_util.tree_map(lambda t: np.asarray(t)[:nv], a))
+      done += nv
+      if progress is not None:
+        progress(done, total_est)
+  return x_adv, fooled, aux
+
+
+# ---------------------------------------------------------------------------
+# APGD proper.
+# ---------------------------------------------------------------------------
+
+
+def apgd_params(n_iter: int) -> tuple[int, int, int]:
+  """``(n_iter_2, n_iter_min, size_decr) = max(int(c N), 1)`` for c = 0.22, 0.06, 0.03."""
+  return (max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1),
+          max(int(0.03 * n_iter), 1))
+
+
+def checkpoint_schedule(n_iter: int) -> tuple[np.ndarray, np.ndarray]:
+  """Static checkpoint table: ``(is_check[i], window[i])`` for ``i < n_iter``.
+
+  A counter runs over iterations; a check happens when it reaches the
+  current window ``k`` (first ``n_iter_2``), then
+  ``k <- max(k - size_decr, n_iter_min)`` and the counter resets. For
+  ``n_iter = 100`` the checks are at 21, 40, 56, 69, 79, 86, 92, 98.
+  ``window[i]`` is the ``k`` used by the check at ``i`` (0 elsewhere).
+  """
+  k, k_min, decr = apgd_params(n_iter)
+  is_check = np.zeros(n_iter, bool)
+  window = np.zeros(n_iter, np.int32)
+  counter = 0
+  for i in range(n_iter):
+    counter += 1
+    if counter == k:
+      is_check[i] = True
+      window[i] = k
+      k = max(k - decr, k_min)
+      counter = 0
+  return is_check, window
+
+
+def oscillation_count(loss_steps: Array, i, k) -> Array:
+  """``sum_{c=0}^{k-1} [L[i-c] > L[i-c-1]]`` per example, with Python's index wrap.
+
+  ``loss_steps`` is ``[n_iter, B]``. At the first checkpoint ``i - k = -1``
+  and the reference reads ``loss_steps[-1]``, the (still zero) last row; the
+  roll reproduces exactly that.
+  """
+  prev = jnp.roll(loss_steps, 1, axis=0)
+  rows = jnp.arange(loss_steps.shape[0])[:, None]
+  in_window = (rows <= i) & (rows > i - k)
+  return jnp.sum(jnp.where(in_window & (loss_steps > prev), 1.0, 0.0), axis=0
+                 ).astype(jnp.float32)
+
+
+def random_start(key: Array, x: Array, eps, norm: str = "linf") -> Array:
+  """AutoAttack's APGD start (before clipping): a point on the eps-sphere.
+
+  L-inf: ``x + eps t / (max|t| + 1e-12)``, ``t ~ U[-1, 1)``;
+  L2: ``x + eps t / (||t||_2 + 1e-12)``, ``t ~ N(0, I)``. Not uniform in the
+  ball. The kernel clips the result to [0, 1].
+  """
+  norm = canonical_norm(norm)
+  eps = jnp.asarray(eps, x.dtype)
+  if norm == "linf":
+    t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+  else:
+    t = jax.random.normal(key, x.shape, x.dtype)
+  return x + eps * normalize(t, norm)
+
+
+def apgd_loss(name: str):
+  """Per-example APGD objective ``(logits, y, y_target) -> [B]`` (maximised)."""
+  if name == "ce":
+    return lambda z, y, t: losses.xent(z, y)
+  if name == "dlr":
+    return lambda z, y, t: losses.dlr(z, y)
+  if name == "dlr-targeted":
+    return losses.dlr_targeted
+  raise ValueError(f"Unknown APGD loss {name!r}; valid: {APGD_LOSSES}.")
+
+
+class ApgdRun(NamedTuple):
+  """Outputs of one APGD run, as the reference's ``attack_single_run``.
+
+  ``x_best``: the highest-loss iterate; ``acc``: still correctly classified at
+  every iterate; ``loss_best``; ``x_best_adv``: the most recent misclassified
+  iterate (the start where never fooled); ``zero_grad``: examples whose
+  gradient at the start is exactly zero (AA's ``check_zero_gradients``).
+  """
+  x_best: Array
+  acc: Array
+  loss_best: Array
+  x_best_adv: Array
+  zero_grad: Array
+
+
+def _loss_grad(fn, x_adv, y, y_target, key, *, loss, eot_iter, randomized):
+  """EoT-averaged gradient of ``sum_i L_i``, with the last sample's logits and losses."""
+  loss_fn = apgd_loss(loss)
+
+  def total(u, k):
+    z = call_logits(fn, u, k, randomized)
+    li = loss_fn(z, y, y_target)
+    return jnp.sum(li), (z, li)
+
+  grad_fn = jax.grad(total, has_aux=True)
+  if eot_iter == 1:
+    g, (z, li) = grad_fn(x_adv, key)
+    return g, z, li
+
+  def body(e, carry):
+    g_acc, _, _ = carry
+    g, (z, li) = grad_fn(x_adv, jax.random.fold_in(key, e))
+    return g_acc + g, z, li
+
+  zs = jax.eval_shape(lambda: grad_fn(x_adv, key)[1])
+  init = (jnp.zeros_like(x_adv), jnp.zeros(zs[0].shape, zs[0].dtype),
+          jnp.zeros(zs[1].shape, zs[1].dtype))
+  g, z, li = jax.lax.fori_loop(0, eot_iter, body, init)
+  return g / float(eot_iter), z, li
+
+
+def _project_linf(v, x, eps):
+  """``clip_[0,1](min(max(v, x - eps), x + eps))`` (the reference's order)."""
+  return jnp.clip(jnp.minimum(jnp.maximum(v, x - eps), x + eps), 0.0, 1.0)
+
+
+def _project_l2(v, x, eps):
+  """``clip_[0,1](x + u(v - x) min(eps, ||v - x||_2))``: scale into the ball, then clip."""
+  d = v - x
+  return jnp.clip(x + normalize(d, "l2") * jnp.minimum(eps, bcast(l2_norm(d), d)),
+                  0.0, 1.0)
+
+
+def _apgd_core(fn, x, y, y_target, x_init, eps, step0, key, *, n_iter, norm,
+               loss, rho, eot_iter, randomized) -> ApgdRun:
+  """One APGD run (the reference's ``attack_single_run``); see the module docstring."""
+  dtype = x.dtype
+  eps = jnp.asarray(eps, dtype)
+  is_check_np, window_np = checkpoint_schedule(n_iter)
+  is_check = jnp.asarray(is_check_np)
+  window = jnp.asarray(window_np)
+  thresh = jnp.asarray(window_np * rho, jnp.float32)
+  lg = functools.partial(_loss_grad, fn, y=y, y_target=y_target, loss=loss,
+                         eot_iter=eot_iter, randomized=randomized)
+  key = jax.random.PRNGKey(0) if key is None else key
+
+  x_adv = jnp.clip(x_init.astype(dtype), 0.0, 1.0)
+  grad, z, loss_i = lg(x_adv, key=jax.random.fold_in(key, n_iter))
+  zero_grad = jnp.sum(jnp.abs(grad.reshape(grad.shape[0], -1)), axis=-1) == 0
+  acc = jnp.argmax(z, -1) == y
+  b = x.shape[0]
+  # float32 like the reference's torch.ones/torch.zeros buffers.
+  step = jnp.broadcast_to(jnp.asarray(step0, dtype).astype(jnp.float32), (b,))
+  loss_steps = jnp.zeros((n_iter, b), jnp.float32)
+  state = dict(x_adv=x_adv, x_old=x_adv, grad=grad, grad_best=grad,
+               x_best=x_adv, x_best_adv=x_adv, loss_best=loss_i, acc=acc,
+               step=step, loss_steps=loss_steps,
+               reduced_last=jnp.ones((b,), bool), loss_best_last=loss_i)
+
+  def body(i, s):
+    x_cur = s["x_adv"]
+    grad2 = x_cur - s["x_old"]
+    a = jnp.where(i > 0, 0.75, 1.0).astype(dtype)
+    eta = bcast(s["step"].astype(dtype), x)
+    if norm == "linf":
+      z1 = _project_linf(x_cur + eta * jnp.sign(s["grad"]), x, eps)
+      x_new = _project_linf(x_cur + (z1 - x_cur) * a + grad2 * (1 - a), x, eps)
+    else:
+      z1 = _project_l2(x_cur + eta * normalize(s["grad"], "l2"), x, eps)
+      x_new = _project_l2(x_cur + (z1 - x_cur) * a + grad2 * (1 - a), x, eps)
+
+    g, logits, li = lg(x_new, key=jax.random.fold_in(key, i))
+    pred = jnp.argmax(logits, -1) == y
+    acc = s["acc"] & pred
+    x_best_adv = jnp.where(bcast(~pred, x), x_new, s["x_best_adv"])
+    loss_steps = s["loss_steps"].at[i].set(li.astype(jnp.float32))
+    imp = li > s["loss_best"]
+    x_best = jnp.where(bcast(imp, x), x_new, s["x_best"])
+    grad_best = jnp.where(bcast(imp, x), g, s["grad_best"])
+    loss_best = jnp.where(imp, li, s["loss_best"])
+
+    chk = is_check[i]
+    osc = oscillation_count(loss_steps, i, window[i]) <= thresh[i]
+    no_impr = (~s["reduced_last"]) & (s["loss_best_last"] >= loss_best)
+    red = chk & (osc | no_impr)
+    reduced_last = jnp.where(chk, osc | no_impr, s["reduced_last"])
+    loss_best_last = jnp.where(chk, loss_best, s["loss_best_last"])
+    step = jnp.where(red, s["step"] / 2.0, s["step"])
+    x_next = jnp.where(bcast(red, x), x_best, x_new)
+    g_next = jnp.where(bcast(red, x), grad_best, g)
+    return dict(x_adv=x_next, x_old=x_cur, grad=g_next, grad_best=grad_best,
+                x_best=x_best, x_best_adv=x_best_adv, loss_best=loss_best,
+                acc=acc, step=step, loss_steps=loss_steps,
+                reduced_last=reduced_last, loss_best_last=loss_best_last)
+
+  s = jax.lax.fori_loop(0, n_iter, body, state)
+  return ApgdRun(s["x_best"], s["acc"], s["loss_best"], s["x_best_adv"], zero_grad)
+
+
+_STATIC = ("n_iter", "norm", "loss", "rho", "eot_iter", "randomized")
+_apgd_core_jit = jax.jit(_apgd_core, static_argnames=_STATIC)
+
+
+def apgd_single_run(logits_fn: LogitsFn, x, y, x_init, *, eps, n_iter: int = 100,
+                    norm: str = "linf", loss: str = "ce", y_target=None,
+                    rho: float = 0.75, step_size=None, eot_iter: int = 1,
+                    key=None, randomized: bool = False) -> ApgdRun:
+  """One APGD run from an explicit start ``x_init`` (jitted; static ``n_iter``).
+
+  ``loss``: ``'ce'``, ``'dlr'`` or ``'dlr-targeted'`` (needs ``y_target``).
+  ``step_size``: the initial per-example step ``eta_0`` (``2 eps`` as in
+  AutoAttack when ``None``). ``eot_iter > 1`` averages that many gradients
+  per step; with ``randomized=True`` the model is called as
+  ``logits_fn(x, key)`` with a fresh key per sample. Runs in ``x``'s dtype
+  (float64 when x64 is enabled: the parity tests).
+  """
+  norm = canonical_norm(norm)
+  if loss not in APGD_LOSSES:
+    raise ValueError(f"Unknown APGD loss {loss!r}; valid: {APGD_LOSSES}.")
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.float32)
+  y = jnp.asarray(y)
+  if loss == "dlr-targeted":
+    if y_target is None:
+      raise ValueError("loss='dlr-targeted' needs y_target.")
+    y_target = jnp.asarray(y_target)
+  else:
+    y_target = None
+  eps = jnp.asarray(eps, x.dtype)
+  step0 = 2.0 * eps if step_size is None else jnp.asarray(step_size, x.dtype)
+  k = None if key is None else as_key(key)
+  return _apgd_core_jit(as_logits_fn(logits_fn), x, y, y_target,
+                        jnp.asarray(x_init, x.dtype), eps, step0, k,
+                        n_iter=n_iter, norm=norm, loss=loss, rho=rho,
+                        eot_iter=eot_iter, randomized=randomized)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("random_init", "select"))
+def _apgd_chunk(fn, x, y, valid, round_idx, key, eps, step0, n_targets_restarts,
+                *, n_iter, norm, loss, rho, eot_iter, randomized, random_init,
+                select):
+  """Per-chunk kernel of :func:`run_rounds`: start, (target), one APGD run.
+
+  Round ``r`` uses target class ``2 + r // n_restarts`` for APGD-T.
+  ``select='adv'`` returns the misclassified iterate (AutoAttack);
+  ``select='loss'`` the highest-loss iterate (transfer attacks).
+  """
+  del valid
+  k_init, k_run, k_tgt = jax.random.split(key, 3)
+  x_init = random_start(k_init, x, eps, norm) if random_init else x
+  y_target = None
+  if loss == "dlr-targeted":
+    clean = call_logits(fn, x, k_tgt, randomized)
+    y_target = ranked_targets(clean, 2 + round_idx // n_targets_restarts)
+  run = _apgd_core(fn, x, y, y_target, x_init, eps, step0,
+                   k_run if randomized else None, n_iter=n_iter, norm=norm,
+                   loss=loss, rho=rho, eot_iter=eot_iter, randomized=randomized)
+  if select == "loss":
+    return run.x_best, jnp.ones_like(run.acc), run.zero_grad
+  return run.x_best_adv, ~run.acc, run.zero_grad
+
+
+def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
+                loss: str = "ce", n_iter: int = 100, n_restarts: int = 1,
+                n_target_classes: int = 1, rho: float = 0.75, step_size=None,
+                eot_iter: int = 1, randomized: bool = False,
+                random_init: bool = True, active=None, select: str = "adv",
+                batch_size: int | None = None, progress=None):
+  """Host driver shared by :func:`apgd`, :func:`apgd_targeted` and AutoAttack.
+
+  Returns ``(x_adv, fooled, zero_grad_count)`` as numpy arrays; ``x_adv`` is
+  the clean point where not fooled. ``active`` (default: all) selects the
+  points to attack, e.g. AutoAttack's still-robust points.
+  """
+  norm = canonical_norm(norm)
+  fn = as_logits_fn(logits_fn)
+  x = np.asarray(x)
+  if not np.issubdtype(x.dtype, np.floating):
+    x = x.astype(np.float32)
+  y = np.asarray(y)
+  n = x.shape[0]
+  active = np.ones(n, bool) if active is None else np.asarray(active, bool)
+  bs = min(batch_size or DEFAULT_BATCH, n)
+  dtype = jnp.dtype(x.dtype)
+  eps_a = jnp.asarray(eps, dtype)
+  step0 = 2.0 * eps_a if step_size is None else jnp.asarray(step_size, dtype)
+  n_rounds = n_restarts * (n_target_classes if loss == "dlr-targeted" else 1)
+
+  def kernel(xb, yb, valid, r, k):
+    return _apgd_chunk(fn, xb, yb, valid, r, k, eps_a, step0,
+                       jnp.asarray(n_restarts, jnp.int32), n_iter=n_iter,
+                       norm=norm, loss=loss, rho=rho, eot_iter=eot_iter,
+                       randomized=randomized, random_init=random_init,
+                       select=select)
+
+  x_adv, fooled, aux = run_rounds(kernel, x, y, active, n_rounds=n_rounds,
+                                  key=as_key(key), batch_size=bs,
+                                  progress=progress)
+  zero = int(sum(int(np.sum(a)) for a in aux)) if loss != "ce" else 0
+  return x_adv, fooled, zero
+
+
+def apgd(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
+         loss: str = "ce", n_iter: int = 100, n_restarts: int = 1,
+         rho: float = 0.75, step_size=None, eot_iter: int = 1,
+         randomized: bool = False, random_init: bool = True,
+         batch_size: int | None = None) -> np.ndarray:
+  """Untargeted APGD (``loss='ce'`` or ``'dlr'``) as the reference's ``perturb``.
+
+  Points misclassified on the clean input are left as they are. Each of the
+  ``n_restarts`` restarts runs on the points not yet fooled, from a fresh
+  random start around the clean point; a fooled point gets that run's most
+  recent misclassified iterate. Returns ``x_adv`` (numpy, clean where not
+  fooled). ``key`` is a PRNG key or an int seed.
+  """
+  if loss not in ("ce", "dlr"):
+    raise ValueError(f"apgd needs loss 'ce' or 'dlr', got {loss!r}.")
+  x = np.asarray(x)
+  y = np.asarray(y)
+  clean_ok = predict(logits_fn, x, batch_size=batch_size, randomized=randomized,
+                     key=key) == y
+  x_adv, _, _ = apgd_rounds(logits_fn, x, y, key, eps=eps, norm=norm, loss=loss,
+                            n_iter=n_iter, n_restarts=n_restarts, rho=rho,
+                            step_size=step_size, eot_iter=eot_iter,
+                            randomized=randomized, random_init=random_init,
+                            active=clean_ok, batch_size=batch_size)
+  return x_adv
+
+
+def apgd_targeted(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
+                  n_iter: int = 100, n_target_classes: int = 9,
+                  n_restarts: int = 1, rho: float = 0.75, step_size=None,
+                  eot_iter: int = 1, randomized: bool = False,
+                  batch_size: int | None = None) -> np.ndarray:
+  """APGD-T: targeted DLR against the 2nd .. (n_target_classes+1)-th clean classes.
+
+  For target rank ``k = 2 .. n_target_classes + 1`` (and each restart) the
+  points not yet fooled are attacked with
+  ``L = -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2 + 1e-12)``, ``t`` the
+  ``k``-th largest clean logit. Success = misclassified (any class, not
+  necessarily ``t``). Needs at least 4 classes.
+  """
+  x = np.asarray(x)
+  y = np.asarray(y)
+  clean_ok = predict(logits_fn, x, batch_size=batch_size, randomized=randomized,
+                     key=key) == y
+  x_adv, _, _ = apgd_rounds(logits_fn, x, y, key, eps=eps, norm=norm,
+                            loss="dlr-targeted", n_iter=n_iter,
+                            n_restarts=n_restarts,
+                            n_target_classes=n_target_classes, rho=rho,
+                            step_size=step_size, eot_iter=eot_iter,
+                            randomized=randomized, active=clean_ok,
+                            batch_size=batch_size)
+  return x_adv
+
+
+def schedule_summary(n_iter: int) -> list[int]:
+  """Indices of the checkpoints (for docs and tests)."""
+  return [int(i) for i in np.flatnonzero(checkpoint_schedule(n_iter)[0])]
+
+
+__all__ = [
+    "ApgdRun", "apgd", "apgd_targeted", "apgd_single_run", "apgd_rounds",
+    "apgd_params", "checkpoint_schedule", "oscillation_count", "random_start",
+    "apgd_loss", "schedule_summary",
+]

@@ -1,0 +1,129 @@
+"""MTARD: Multi-Teacher Adversarial Robustness Distillation (Zhao et al., ECCV 2022)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from kdrobust import losses
+from kdrobust.methods import register
+from kdrobust.methods.ard import ce_inner
+from kdrobust.methods.base import InnerAttack, LossOut, Method, sg
+from kdrobust.methods.kd import attack_kwargs, distill_kl
+
+Array = jax.Array
+
+
+def mtard_init_state() -> dict[str, Array]:
+  """``w_nat = 0.5`` (``w_adv = 1 - w_nat``) and no first-batch losses yet."""
+  f = lambda v: jnp.asarray(v, jnp.float32)
+  return {"w_nat": f(0.5), "init_adv": f(0.0), "init_nat": f(0.0),
+          "initialized": f(0.0)}
+
+
+def mtard_weight_update(w_nat: Array, loss_adv: Array, loss_nat: Array,
+                        init_adv: Array, init_nat: Array, weight_lr, *,
+                        b: float = 1.0) -> tuple[Array, Array]:
+  """One MTARD weight step (pure; the losses are treated as constants).
+
+  ``l^_adv = L_adv / L_adv^0``, ``l^_nat = L_nat / L_nat^0`` (ratios to the
+  first batch's losses), ``r_a = l^_adv^b``, ``r_n = l^_nat^b``,
+  ``w_nat <- w_nat - lr_w (w_nat - r_n / (r_a + r_n))``, ``w_adv = 1 - w_nat``.
+  Returns ``(w_adv, w_nat)``.
+  """
+  tiny = 1e-12  # guards a first-batch loss of exactly zero (student == teacher)
+  r_a = (sg(loss_adv) / jnp.maximum(init_adv, tiny)) ** b
+  r_n = (sg(loss_nat) / jnp.maximum(init_nat, tiny)) ** b
+  total = r_a + r_n
+  target = jnp.where(total > 0, r_n / jnp.where(total > 0, total, 1.0), 0.5)
+  w_nat = w_nat - weight_lr * (w_nat - target)
+  return 1.0 - w_nat, w_nat
+
+
+def weight_lr_at(epoch, weight_lr: float, decay_epochs, decay_factor: float) -> Array:
+  """``lr_w * factor^{#{m in decay_epochs : epoch > m}}`` for the 1-indexed ``epoch``.
+
+  The official loop (``for epoch in range(1, epochs + 1)``) multiplies both
+  the learning rate and ``lr_w`` by 0.1 at the *end* of epochs 215, 260, 285,
+  so epoch 216 is the first with the decayed value.
+  """
+  e = jnp.asarray(epoch, jnp.float32)
+  n = sum((e > m).astype(jnp.float32) for m in decay_epochs) if decay_epochs else 0.0
+  return weight_lr * jnp.asarray(decay_factor, jnp.float32) ** n
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class MTARD(Method):
+  """MTARD with two teachers (methods.md section 3.7).
+
+  **Teacher order: teacher 0 = adversarially trained ``T_adv``, teacher 1 =
+  naturally trained ``T_nat``** (the order of ``config.teachers``).
+
+  Inner (student in inference mode): student-only CE PGD, ``8/255, 2/255,
+  10`` steps, gaussian start (``mtard_inner_loss_ce``).
+  Outer (student in train mode):
+  ``L = w_adv scale red_i KL(p_{T_adv}(x'_i) || p_S(x'_i))
+      + w_nat scale red_i KL(p_{T_nat}(x_i) || p_S(x_i))``
+  with the same reduction as RSLAD (``batchmean / 10`` = the code's mean over
+  ``B*C`` on CIFAR-10 and its ``x10`` on CIFAR-100).
+
+  Weights (method state, updated every step *before* the loss is formed, as
+  in the code): ``w_nat`` starts at 0.5; the first batch's two losses are
+  recorded in the state (``init_adv``, ``init_nat``); then
+  ``w_nat <- w_nat - lr_w (w_nat - r_n / (r_a + r_n))`` with
+  ``r = (L / L^0)^b``, ``b = 1``, ``w_adv = 1 - w_nat``.
+  ``lr_w = 0.025`` decayed by ``x0.1`` together with the lr: we chose explicit
+  fields ``weight_lr``, ``weight_lr_decay_epochs = (215, 260, 285)`` and
+  ``weight_lr_decay_factor`` (the code decays at the end of those epochs,
+  i.e. from epoch 216 on; see :func:`weight_lr_at`) rather than reading the
+  optimizer's schedule, so the method stays independent of the optimizer; a
+  config with another lr schedule must set them to match.
+
+  Source: ``zhaoshiji123/MTARD@6480a1b mtard_loss.py, mtard_resnet18_cifar10.py``.
+  Batch-norm order: ``S(x')`` then ``S(x)``. The code's ``log(p_T + 1e-5)``
+  is replaced by the exact KL (only a constant in ``theta`` changes).
+  Which natural-teacher architecture the paper used is UNCONFIRMED.
+  """
+  name = "mtard"
+  teachers = (2, 2)
+  attack: InnerAttack = InnerAttack(init="gaussian")
+  reduction: str = "batchmean"
+  scale: float = 0.1
+  weight_lr: float = 0.025
+  weight_lr_decay_epochs: tuple[int, ...] = (215, 260, 285)
+  weight_lr_decay_factor: float = 0.1
+  b: float = 1.0
+
+  def init_state(self, num_classes):
+    del num_classes
+    return mtard_init_state()
+
+  def perturb(self, ctx):
+    return ce_inner(ctx.student_eval, ctx.x, ctx.y, ctx.sub_key("attack"),
+                    **attack_kwargs(self.attack))
+
+  def loss(self, ctx, student, x_adv, state):
+    s_adv = student(x_adv)
+    s_clean = student(ctx.x)
+    t_adv = sg(ctx.teacher(0)(x_adv))
+    t_nat = sg(ctx.teacher(1)(ctx.x))
+    l_adv = self.scale * distill_kl(s_adv, t_adv, reduction=self.reduction, mask=ctx.mask)
+    l_nat = self.scale * distill_kl(s_clean, t_nat, reduction=self.reduction, mask=ctx.mask)
+    first = state["initialized"] < 0.5
+    init_adv = jnp.where(first, sg(l_adv), state["init_adv"])
+    init_nat = jnp.where(first, sg(l_nat), state["init_nat"])
+    lr_w = weight_lr_at(ctx.epoch, self.weight_lr, self.weight_lr_decay_epochs,
+                        self.weight_lr_decay_factor)
+    w_adv, w_nat = mtard_weight_update(state["w_nat"], l_adv, l_nat, init_adv,
+                                       init_nat, lr_w, b=self.b)
+    loss = w_adv * l_adv + w_nat * l_nat
+    new_state = {"w_nat": w_nat, "init_adv": init_adv, "init_nat": init_nat,
+                 "initialized": jnp.ones((), jnp.float32)}
+    m = {"kl_adv": l_adv, "kl_nat": l_nat, "w_adv": w_adv, "w_nat": w_nat,
+         "weight_lr": lr_w,
+         "train_accuracy": losses.reduce(losses.accuracy(s_clean, ctx.y), ctx.mask),
+         "train_adv_accuracy": losses.reduce(losses.accuracy(s_adv, ctx.y), ctx.mask)}
+    return LossOut(loss, m, new_state)

@@ -1,0 +1,139 @@
+"""Tiny JAX/PyTorch twin models shared by the attack parity tests (attacks.md 9.2, 9.3).
+
+The same architecture, conv(3->8, 3x3, pad 1)-ReLU-flatten-dense(512->10) on
+8x8x3 inputs, exists as a plain-JAX function (NHWC) and a torch module (NCHW)
+with identical weights. The JAX side flattens in (c, h, w) order so the dense
+weights need no permutation. Other attack test modules import this one.
+The tests here are the conversion-parity layer (logits and input gradients).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+H = W = 8
+C_IN = 3
+C_HID = 8
+N_CLASSES = 10
+
+
+@contextlib.contextmanager
+def x64():
+  """Enable float64 in JAX for the block, restoring the previous setting."""
+  prev = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_x64", prev)
+
+
+def make_weights(seed: int = 0, scale: float = 1.0) -> dict[str, np.ndarray]:
+  """Random float64 weights (numpy); ``scale`` sharpens the logits."""
+  rng = np.random.default_rng(seed)
+  return {
+      "conv_w": rng.normal(0, 0.5, (C_HID, C_IN, 3, 3)) * scale,  # torch OIHW
+      "conv_b": rng.normal(0, 0.1, (C_HID,)),
+      "fc_w": rng.normal(0, 1.0 / np.sqrt(C_HID * H * W), (N_CLASSES, C_HID * H * W)) * scale,
+      "fc_b": rng.normal(0, 0.1, (N_CLASSES,)),
+  }
+
+
+def jax_model(weights: dict[str, np.ndarray], dtype=jnp.float32):
+  """Plain-JAX twin: ``x [B, 8, 8, 3] -> logits [B, 10]`` in ``dtype``."""
+  kw = jnp.asarray(weights["conv_w"].transpose(2, 3, 1, 0), dtype)  # HWIO
+  kb = jnp.asarray(weights["conv_b"], dtype)
+  fw = jnp.asarray(weights["fc_w"].T, dtype)
+  fb = jnp.asarray(weights["fc_b"], dtype)
+
+  def logits_fn(x):
+    x = jnp.asarray(x, dtype)
+    h = jax.lax.conv_general_dilated(
+        x, kw, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST)
+    h = jax.nn.relu(h + kb)
+    h = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1)
+    return jnp.dot(h, fw, precision=jax.lax.Precision.HIGHEST) + fb
+
+  return logits_fn
+
+
+class TorchTwin(torch.nn.Module):
+  """The torch twin (NCHW input)."""
+
+  def __init__(self, weights, dtype):
+    super().__init__()
+    self.conv = torch.nn.Conv2d(C_IN, C_HID, 3, padding=1)
+    self.fc = torch.nn.Linear(C_HID * H * W, N_CLASSES)
+    self.to(dtype)
+    with torch.no_grad():
+      self.conv.weight.copy_(torch.tensor(weights["conv_w"]))
+      self.conv.bias.copy_(torch.tensor(weights["conv_b"]))
+      self.fc.weight.copy_(torch.tensor(weights["fc_w"]))
+      self.fc.bias.copy_(torch.tensor(weights["fc_b"]))
+    self.eval()
+
+  def forward(self, x):
+    return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def torch_model(weights, dtype=None):
+  return TorchTwin(weights, dtype or torch.float64)
+
+
+def to_nchw(x: np.ndarray) -> np.ndarray:
+  return np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
+
+
+def to_nhwc(x) -> np.ndarray:
+  if hasattr(x, "detach"):
+    x = x.detach().cpu().numpy()
+  return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+def make_data(n: int, seed: int = 1, weights=None, correct_only: bool = True):
+  """Random images in [0,1] (NHWC float64) labelled by the twin (clean-correct)."""
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(0.0, 1.0, (n, H, W, C_IN))
+  if weights is not None and correct_only:
+    with x64():
+      y = np.asarray(jnp.argmax(jax_model(weights, jnp.float64)(x), -1))
+  else:
+    y = rng.integers(0, N_CLASSES, n)
+  return x, y
+
+
+# ---------------------------------------------------------------------------
+# Layer B: the twins agree (logits, CE input gradients).
+# ---------------------------------------------------------------------------
+
+
+def test_twins_logits_and_gradients_agree_float64():
+  w = make_weights(3)
+  x, y = make_data(6, seed=2, weights=w)
+  with x64():
+    f = jax_model(w, jnp.float64)
+    zj = np.asarray(f(x))
+    gj = np.asarray(jax.grad(lambda u: jnp.sum(jax.nn.log_softmax(f(u))[
+        jnp.arange(6), y]))(jnp.asarray(x)))
+  m = torch_model(w)
+  xt = torch.tensor(to_nchw(x), requires_grad=True)
+  zt = m(xt)
+  torch.log_softmax(zt, -1)[torch.arange(6), torch.tensor(y)].sum().backward()
+  np.testing.assert_allclose(zj, zt.detach().numpy(), rtol=0, atol=1e-12)
+  np.testing.assert_allclose(gj, to_nhwc(xt.grad), rtol=0, atol=1e-12)
+
+
+def test_twins_logits_agree_float32():
+  w = make_weights(4)
+  x, _ = make_data(5, seed=3)
+  zj = np.asarray(jax_model(w)(x.astype(np.float32)))
+  zt = torch_model(w, torch.float32)(torch.tensor(to_nchw(x), dtype=torch.float32))
+  np.testing.assert_allclose(zj, zt.detach().numpy(), rtol=0, atol=1e-4)

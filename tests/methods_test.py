@@ -1,0 +1,451 @@
+"""The distillation methods: one jitted train step each, plus their defining properties.
+
+Everything runs on a tiny 2-conv model with batch norm on 8x8x3 inputs,
+batch 8, with 2-step inner attacks, so the whole file stays well under two
+minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from kdrobust import losses
+from kdrobust import methods
+from kdrobust import train_step as step_lib
+from kdrobust.methods import Ctx, TrainForward
+from kdrobust.methods import adaad, darht, igdm, kdiga, mtard
+from kdrobust.state import TrainState
+
+C = 10
+B = 8
+SHAPE = (8, 8, 3)
+ATTACK = {"steps": 2, "unroll": 1}
+
+
+class Tiny(nn.Module):
+  """conv-BN-ReLU x2, global average pool, (optional DARHT slots), dense head."""
+  num_classes: int = C
+  head_slots: int = 0
+  use_bn: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for w in (4, 8):
+      x = nn.Conv(w, (3, 3), strides=2, use_bias=not self.use_bn)(x)
+      if self.use_bn:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+      x = nn.relu(x)
+    x = jnp.mean(x, axis=(1, 2))
+    if self.head_slots:
+      z = nn.Dense(self.head_slots * self.num_classes, name="slots")(x)
+      self.sow("intermediates", "teacher_slots",
+               z.reshape(z.shape[0], self.head_slots, self.num_classes))
+      x = z
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+def _init(model, seed):
+  v = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + SHAPE), train=False)
+  return {"params": v["params"], **({"batch_stats": v["batch_stats"]}
+                                    if "batch_stats" in v else {})}
+
+
+def _batch(seed=0):
+  kx, ky = jax.random.split(jax.random.PRNGKey(seed))
+  return {"image": jax.random.uniform(kx, (B,) + SHAPE),
+          "label": jax.random.randint(ky, (B,), 0, C),
+          "mask": jnp.ones((B,), bool)}
+
+
+def _n_teachers(method):
+  lo, hi = type(method).teachers
+  return 2 if (hi is None or hi >= 2) else lo
+
+
+def _method(name, igdm_alpha=None, **kw):
+  kw.setdefault("attack", dict(ATTACK))
+  if igdm_alpha is not None:
+    return methods.make(name, igdm={"alpha": igdm_alpha}, **kw)
+  return methods.make(name, **kw)
+
+
+def _setup(method, *, use_bn=True, student_seed=0, teacher_seeds=None,
+           same_as_teacher=False, num_epochs=200, steps_per_epoch=1):
+  """Student/teacher variables, a fresh state and the jitted step."""
+  n = _n_teachers(method)
+  slots = n if method.name == "darht" else 0
+  student = Tiny(head_slots=slots, use_bn=use_bn)
+  teacher = Tiny(use_bn=use_bn)
+  teacher_seeds = teacher_seeds or [100 + i for i in range(n)]
+  t_vars = tuple(_init(teacher, s) for s in teacher_seeds)
+  s_vars = t_vars[0] if same_as_teacher else _init(student, student_seed)
+  tx = optax.sgd(0.1)
+  state = TrainState.create(s_vars["params"], s_vars.get("batch_stats", {}), tx,
+                            method.init_state(C))
+  step = step_lib.make_train_step(
+      apply_fn=student.apply, method=method, tx=tx,
+      teacher_apply_fns=[teacher.apply] * n, num_classes=C,
+      num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, seed=0)
+  return state, t_vars, step
+
+
+def _at_epoch(state, epoch, steps_per_epoch=1):
+  """A copy of ``state`` (the step donates its input) placed at the 1-indexed ``epoch``."""
+  state = jax.tree.map(jnp.array, state)
+  return state.replace(step=jnp.asarray((epoch - 1) * steps_per_epoch, jnp.int32))
+
+
+def _copy(tree):
+  return jax.tree.map(lambda a: np.array(a, copy=True), tree)
+
+
+ALL = methods.available()
+WRAPPED = ["pgd_at", "trades", "ard", "iad", "rslad", "adaad"]
+CASES = [(n, None) for n in ALL] + [(n, 2.0) for n in WRAPPED]
+
+
+def test_registry_lists_the_distillation_methods():
+  for name in ("kd", "ard", "iad", "rslad", "mtard", "kdiga", "kdiga_ard",
+               "adaad", "adaiad", "darht"):
+    assert name in ALL
+  for name in ALL:
+    lo, hi = methods.get_class(name).teachers
+    assert lo >= 0 and (hi is None or hi >= lo)
+
+
+@pytest.mark.parametrize("name,igdm_alpha", CASES,
+                         ids=[n if a is None else f"igdm_{n}" for n, a in CASES])
+def test_one_step(name, igdm_alpha):
+  method = _method(name, igdm_alpha)
+  # Epoch 150 of 200: IAD's second term on, DARHT in its KD-only phase.
+  state, t_vars, step = _setup(method)
+  state = _at_epoch(state, 150)
+  before_params = _copy(state.params)
+  before_teachers = _copy(t_vars)
+  new_state, metrics = step(state, t_vars, _batch())
+  assert np.isfinite(float(metrics["loss"])), metrics
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))),
+                                         before_params, new_state.params))
+  assert any(changed), f"{name}: student parameters did not change"
+  same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, np.asarray(b))),
+                                      before_teachers, t_vars))
+  assert all(same), f"{name}: teacher variables changed"
+  assert int(new_state.nonfinite) == 0
+
+
+# ---------------------------------------------------------------------------
+# Zero when the student equals the teacher (no batch norm, so train mode and
+# inference mode coincide).
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name,kw,key", [
+    ("kd", {"alpha": 1.0}, "kl"),
+    ("rslad", {}, "kl_adv"),
+    ("rslad", {}, "kl_clean"),
+    ("adaad", {"alpha": 0.5}, "kl_adv"),
+    ("adaad", {"alpha": 0.5}, "kl_clean"),
+])
+def test_distillation_terms_vanish_when_student_is_teacher(name, kw, key):
+  method = _method(name, **kw)
+  state, t_vars, step = _setup(method, use_bn=False, same_as_teacher=True)
+  _, metrics = step(state, t_vars, _batch())
+  assert abs(float(metrics[key])) <= 1e-6
+  if name in ("rslad", "adaad") or kw.get("alpha") == 1.0:
+    assert abs(float(metrics["loss"])) <= 1e-6
+
+
+@pytest.mark.parametrize("base", ["pgd_at", "adaad"])
+def test_igdm_term_vanishes_when_student_is_teacher(base):
+  method = _method(base, igdm_alpha=5.0)
+  state, t_vars, step = _setup(method, use_bn=False, same_as_teacher=True)
+  _, metrics = step(state, t_vars, _batch())
+  assert abs(float(metrics["igdm"])) <= 1e-6
+
+
+def test_pure_losses_vanish_on_identical_logits():
+  z = jax.random.normal(jax.random.PRNGKey(0), (B, C)) * 3
+  y = jnp.arange(B) % C
+  from kdrobust.methods import kd, rslad
+  loss, _ = kd.kd_loss(z, z, y, alpha=1.0, temperature=4.0)
+  assert abs(float(loss)) <= 1e-6
+  loss, _ = rslad.rslad_loss(z, z * 0.5, z * 0.5)
+  assert abs(float(loss)) > 0
+  loss, _ = rslad.rslad_loss(z, z, z)
+  assert abs(float(loss)) <= 1e-6
+  loss, _ = adaad.adaad_loss(z, z, z, z, alpha=0.3)
+  assert abs(float(loss)) <= 1e-6
+  assert abs(float(igdm.igdm_loss(z, -z, z, -z))) <= 1e-6
+
+
+# ---------------------------------------------------------------------------
+# KDIGA: the gradient term against finite differences of its own definition.
+# ---------------------------------------------------------------------------
+def _mlp(params, x):
+  h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
+  return h @ params["w2"] + params["b2"]
+
+
+def test_kdiga_gradient_term_matches_finite_differences():
+  with jax.enable_x64(True):
+    k = jax.random.split(jax.random.PRNGKey(0), 6)
+    d, h, c, b = 6, 5, 3, 4
+    p = {"w1": jax.random.normal(k[0], (d, h), jnp.float64),
+         "b1": jax.random.normal(k[1], (h,), jnp.float64) * 0.1,
+         "w2": jax.random.normal(k[2], (h, c), jnp.float64),
+         "b2": jnp.zeros((c,), jnp.float64)}
+    pt = jax.tree.map(lambda a: a * 0.7 + 0.1, p)
+    x = jax.random.uniform(k[3], (b, d), jnp.float64)
+    y = jnp.arange(b) % c
+    gamma = 0.5
+
+    # G_S is the gradient of the batch-mean CE: check it against central differences.
+    g = kdiga.input_gradient(lambda u: _mlp(p, u), x, y)
+    e = 1e-6
+    fd = np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape):
+      dx = jnp.zeros(x.shape, jnp.float64).at[idx].set(e)
+      fd[idx] = (kdiga.mean_ce(_mlp(p, x + dx), y) - kdiga.mean_ce(_mlp(p, x - dx), y)) / (2 * e)
+    np.testing.assert_allclose(np.asarray(g), fd, rtol=1e-6, atol=1e-9)
+
+    # Term value = (gamma/B) ||G_S - G_T||_F by its definition.
+    term = lambda q: kdiga.kdiga_gradient_term(lambda u: _mlp(q, u), lambda u: _mlp(pt, u),
+                                               x, y, gamma)
+    g_t = kdiga.input_gradient(lambda u: _mlp(pt, u), x, y)
+    want = gamma / b * np.linalg.norm(np.asarray(g - g_t).ravel())
+    np.testing.assert_allclose(float(term(p)), want, rtol=1e-10)
+
+    # Double back-prop: d term / d theta along a random direction vs central differences.
+    grad = jax.grad(term)(p)
+    v = jax.tree.map(lambda a: jax.random.normal(k[4], a.shape, jnp.float64), p)
+    along = sum(float(jnp.sum(gi * vi)) for gi, vi in zip(jax.tree.leaves(grad),
+                                                           jax.tree.leaves(v)))
+    e = 1e-5
+    plus = jax.tree.map(lambda a, u: a + e * u, p, v)
+    minus = jax.tree.map(lambda a, u: a - e * u, p, v)
+    fd_dir = (float(term(plus)) - float(term(minus))) / (2 * e)
+    np.testing.assert_allclose(along, fd_dir, rtol=1e-6)
+
+    # Zero (and a finite zero gradient) when student == teacher.
+    same = lambda q: kdiga.kdiga_gradient_term(lambda u: _mlp(q, u), lambda u: _mlp(p, u),
+                                               x, y, gamma)
+    assert float(same(p)) == 0.0
+    assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(jax.grad(same)(p)))
+
+
+def test_kdiga_threads_two_train_mode_forwards():
+  method = _method("kdiga")
+  model = Tiny()
+  v = _init(model, 0)
+  t = Tiny()
+  tv = _init(t, 1)
+  batch = _batch()
+  ctx = Ctx(x=batch["image"], y=batch["label"], mask=batch["mask"],
+            key=jax.random.PRNGKey(0), epoch=jnp.float32(1), num_epochs=10,
+            num_classes=C, student_eval=lambda u: model.apply(v, u, train=False),
+            teachers=(step_lib.teacher_logits_fn(t.apply, tv),))
+  student = TrainForward(model.apply, v["params"], v["batch_stats"])
+  out = method.loss(ctx, student, None, {})
+  assert student.calls == 2
+  # Running statistics after two train-mode forwards on the same batch.
+  ref = TrainForward(model.apply, v["params"], v["batch_stats"])
+  ref(batch["image"])
+  ref(batch["image"])
+  for a, b in zip(jax.tree.leaves(student.batch_stats), jax.tree.leaves(ref.batch_stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert np.isfinite(float(out.loss)) and float(out.metrics["gradient_alignment"]) > 0
+
+
+# ---------------------------------------------------------------------------
+# AdaAD: the inner attack increases the teacher-student KL.
+# ---------------------------------------------------------------------------
+def test_adaad_inner_attack_increases_kl():
+  model = Tiny()
+  sv, tv = _init(model, 0), _init(model, 1)
+  s_fn = lambda u: model.apply(sv, u, train=False)
+  t_fn = lambda u: model.apply(tv, u, train=False)
+  x = _batch()["image"]
+  xa = jax.jit(lambda x: adaad.adaad_inner(s_fn, t_fn, x, jax.random.PRNGKey(0),
+                                           eps=8 / 255, step_size=2 / 255, steps=3))(x)
+  kl = lambda u: losses.kl(s_fn(u), t_fn(u))
+  assert float(jnp.abs(xa - x).max()) <= 8 / 255 + 1e-6
+  assert float(jnp.sum(kl(xa))) > float(jnp.sum(kl(x)))
+  assert float(jnp.mean(kl(xa) > kl(x))) >= 0.75
+
+
+# ---------------------------------------------------------------------------
+# MTARD: the weight update against hand-computed values.
+# ---------------------------------------------------------------------------
+def test_mtard_weight_update_by_hand():
+  w_adv, w_nat = mtard.mtard_weight_update(jnp.float32(0.6), jnp.float32(0.5),
+                                           jnp.float32(0.2), jnp.float32(1.0),
+                                           jnp.float32(0.8), 0.025)
+  r_a, r_n = 0.5 / 1.0, 0.2 / 0.8
+  want = 0.6 - 0.025 * (0.6 - r_n / (r_a + r_n))
+  np.testing.assert_allclose(float(w_nat), want, rtol=1e-6)
+  np.testing.assert_allclose(float(w_adv), 1 - want, rtol=1e-6)
+  lr = lambda e: float(mtard.weight_lr_at(e, 0.025, (215, 260, 285), 0.1))
+  np.testing.assert_allclose([lr(1), lr(215), lr(216), lr(261), lr(300)],
+                             [0.025, 0.025, 0.0025, 0.00025, 0.000025], rtol=1e-5)
+
+
+def test_mtard_state_over_two_steps():
+  method = _method("mtard")
+  state, t_vars, step = _setup(method)
+  state, m1 = step(state, t_vars, _batch(0))
+  # First batch: its losses become the reference, so the weights stay 0.5/0.5.
+  np.testing.assert_allclose(float(m1["w_nat"]), 0.5, rtol=1e-6)
+  np.testing.assert_allclose(float(state.method_state["init_adv"]), float(m1["kl_adv"]), rtol=1e-6)
+  np.testing.assert_allclose(float(state.method_state["init_nat"]), float(m1["kl_nat"]), rtol=1e-6)
+  np.testing.assert_allclose(float(m1["loss"]), 0.5 * float(m1["kl_adv"] + m1["kl_nat"]), rtol=1e-5)
+  state, m2 = step(state, t_vars, _batch(1))
+  r_a = float(m2["kl_adv"]) / float(m1["kl_adv"])
+  r_n = float(m2["kl_nat"]) / float(m1["kl_nat"])
+  want = 0.5 - 0.025 * (0.5 - r_n / (r_a + r_n))
+  np.testing.assert_allclose(float(m2["w_nat"]), want, rtol=1e-5)
+  np.testing.assert_allclose(float(state.method_state["w_nat"]), want, rtol=1e-5)
+  np.testing.assert_allclose(float(m2["loss"]),
+                             (1 - want) * float(m2["kl_adv"]) + want * float(m2["kl_nat"]),
+                             rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# DARHT: weighting, curriculum, batch skipping.
+# ---------------------------------------------------------------------------
+def _np_kl(t, s):
+  pt = np.exp(t - t.max(-1, keepdims=True)); pt /= pt.sum(-1, keepdims=True)
+  ls = s - s.max(-1, keepdims=True); ls = ls - np.log(np.exp(ls).sum(-1, keepdims=True))
+  return np.sum(pt * (np.log(pt) - ls), -1)
+
+
+def _np_ce(t, y):
+  lt = t - t.max(-1, keepdims=True); lt = lt - np.log(np.exp(lt).sum(-1, keepdims=True))
+  return -lt[np.arange(len(y)), y]
+
+
+def test_darht_weighting_by_hand():
+  k = jax.random.split(jax.random.PRNGKey(3), 4)
+  slots = np.asarray(jax.random.normal(k[0], (B, 3, C)))
+  ts = [np.asarray(jax.random.normal(k[i + 1], (B, C))) * (i + 1) for i in range(3)]
+  y = np.arange(B) % C
+  kd, w, kls = darht.darht_kd_loss(jnp.asarray(slots), [jnp.asarray(t) for t in ts], jnp.asarray(y))
+  w_np = np.array([np.exp(-_np_ce(t, y).mean()) for t in ts])
+  kl_np = np.array([_np_kl(t, slots[:, i]).mean() for i, t in enumerate(ts)])
+  np.testing.assert_allclose(np.asarray(w), w_np, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(kls), kl_np, rtol=1e-5)
+  np.testing.assert_allclose(float(kd), float(np.sum(w_np * kl_np)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("epoch,ce_on,kd_on", [(1, 1, 0), (50, 1, 0), (51, 1, 1),
+                                                (118, 1, 1), (119, 0, 1)])
+def test_darht_curriculum(epoch, ce_on, kd_on):
+  use_ce, use_kd = darht.darht_phase(jnp.float32(epoch))
+  assert (bool(use_ce), bool(use_kd)) == (bool(ce_on), bool(kd_on))
+
+
+def test_darht_step_phases_weights_and_skip():
+  method = _method("darht")
+  state, t_vars, step = _setup(method)
+  batch = _batch()
+  _, m = step(_at_epoch(state, 1), t_vars, batch)
+  assert float(m["kd_on"]) == 0 and float(m["ce_on"]) == 1
+  np.testing.assert_allclose(float(m["loss"]), float(m["ce"]), rtol=1e-6)
+  assert float(m["darht_w_0"]) == 0.0
+  _, m = step(_at_epoch(state, 80), t_vars, batch)
+  assert float(m["kd_on"]) == 1 and float(m["ce_on"]) == 1
+  np.testing.assert_allclose(float(m["loss"]), float(m["ce"] + m["kd"]), rtol=1e-5)
+  # The weights are exp(-CE) of each teacher on the batch the student saw.
+  for i in range(2):
+    assert 0 < float(m[f"darht_w_{i}"]) <= 1
+  np.testing.assert_allclose(
+      float(m["kd"]), sum(float(m[f"darht_w_{i}"] * m[f"darht_kl_{i}"]) for i in range(2)),
+      rtol=1e-5)
+  if float(m["adversarial_batch"]) == 0:  # clean batch: check the weights themselves
+    teacher = Tiny()
+    for i in range(2):
+      t = teacher.apply(t_vars[i], batch["image"], train=False)
+      want = np.exp(-_np_ce(np.asarray(t), np.asarray(batch["label"])).mean())
+      np.testing.assert_allclose(float(m[f"darht_w_{i}"]), want, rtol=1e-5)
+  # Skip: with a threshold below the CE the step leaves the state untouched.
+  skipper = dataclasses.replace(method, ce_skip_threshold=0.0)
+  state3, t_vars3, step3 = _setup(skipper)
+  before = _copy(state3.params)
+  new_state, m = step3(state3, t_vars3, batch)
+  assert float(m["skipped"]) == 1.0
+  same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, np.asarray(b))),
+                                      before, new_state.params))
+  assert all(same)
+
+
+def test_darht_mixes_clean_and_adversarial_batches():
+  method = _method("darht")
+  state, t_vars, step = _setup(method)
+  seen = set()
+  batch = _batch()
+  for _ in range(8):
+    state, m = step(state, t_vars, batch)
+    seen.add(float(m["adversarial_batch"]))
+  assert seen == {0.0, 1.0}
+
+
+# ---------------------------------------------------------------------------
+# IAD: the introspection term only from `begin`.
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["iad", "adaiad"])
+def test_iad_second_term_starts_at_begin(name):
+  method = _method(name, begin=3)
+  state, t_vars, step = _setup(method)
+  batch = _batch()
+  _, m_off = step(_at_epoch(state, 3), t_vars, batch)  # 0-indexed epoch 2 < 3
+  assert float(m_off["introspection_active"]) == 0.0
+  assert float(m_off["introspection"]) == 0.0
+  np.testing.assert_allclose(float(m_off["loss"]),
+                             method.temperature**2 * float(m_off["kl"]), rtol=1e-5)
+  _, m_on = step(_at_epoch(state, 4), t_vars, batch)  # 0-indexed epoch 3 >= 3
+  assert float(m_on["introspection_active"]) == 1.0
+  assert float(m_on["introspection"]) > 0.0
+  np.testing.assert_allclose(
+      float(m_on["loss"]),
+      method.temperature**2 * float(m_on["kl"]) + float(m_on["introspection"]), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# IGDM: wrapping rules and the ramp.
+# ---------------------------------------------------------------------------
+def test_igdm_wrap_rules():
+  m = methods.make("pgd_at", igdm={"alpha": 3.0})
+  assert type(m).teachers == (1, 1) and m.name == "igdm_pgd_at"
+  assert m.attack == m.base.attack
+  assert methods.make("ard", igdm={"alpha": 0.0}).name == "ard"  # alpha 0: no wrap
+  for bad in ("kd", "mtard", "darht", "kdiga", "natural"):
+    with pytest.raises(ValueError, match="IGDM"):
+      methods.make(bad, igdm={"alpha": 1.0})
+  with pytest.raises(ValueError, match="Unknown IGDM option"):
+    methods.make("ard", igdm={"alpha": 1.0, "beta": 2.0})
+  hash(m)  # static argument of jit
+
+
+def test_igdm_ramp():
+  method = _method("pgd_at", igdm_alpha=4.0)
+  state, t_vars, step = _setup(method, num_epochs=10)
+  batch = _batch()
+  for epoch in (1, 5, 10):
+    _, m = step(_at_epoch(state, epoch), t_vars, batch)
+    np.testing.assert_allclose(float(m["igdm_weight"]), 4.0 * epoch / 10, rtol=1e-6)
+    np.testing.assert_allclose(float(m["loss"]),
+                               float(m["base_loss"] + m["igdm_weight"] * m["igdm"]),
+                               rtol=1e-5)
+    assert float(m["igdm"]) > 0
+
+
+def test_igdm_points_are_not_clipped_below():
+  x = jnp.zeros((1, 2, 2, 3))
+  xa = jnp.full((1, 2, 2, 3), 0.03)
+  xp, xm = igdm.igdm_points(x, xa)
+  np.testing.assert_allclose(xp, xa)
+  np.testing.assert_allclose(xm, -0.03, rtol=1e-6)
