@@ -76,24 +76,37 @@ def _method(name, igdm_alpha=None, **kw):
   return methods.make(name, **kw)
 
 
-def _setup(method, *, use_bn=True, student_seed=0, teacher_seeds=None,
-           same_as_teacher=False, num_epochs=200, steps_per_epoch=1):
-  """Student/teacher variables, a fresh state and the jitted step."""
+# XLA:CPU compile time dominates these tests; the semantics do not depend on
+# backend optimisation, so the steps are compiled at optimisation level 0.
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_STEPS = {}
+
+
+def _setup(method, *, use_bn=True, same_as_teacher=False, num_epochs=200,
+           steps_per_epoch=1):
+  """Student/teacher variables, a fresh state and the jitted step (cached per setting).
+
+  The step is ``make_train_step(..., jit=False)`` jitted here exactly as
+  ``make_train_step`` does (state donated), plus the fast compiler options.
+  """
   n = _n_teachers(method)
   slots = n if method.name == "darht" else 0
   student = Tiny(head_slots=slots, use_bn=use_bn)
   teacher = Tiny(use_bn=use_bn)
-  teacher_seeds = teacher_seeds or [100 + i for i in range(n)]
-  t_vars = tuple(_init(teacher, s) for s in teacher_seeds)
-  s_vars = t_vars[0] if same_as_teacher else _init(student, student_seed)
+  t_vars = tuple(_init(teacher, 100 + i) for i in range(n))
+  s_vars = (jax.tree.map(jnp.array, t_vars[0]) if same_as_teacher
+            else _init(student, 0))
   tx = optax.sgd(0.1)
   state = TrainState.create(s_vars["params"], s_vars.get("batch_stats", {}), tx,
                             method.init_state(C))
-  step = step_lib.make_train_step(
-      apply_fn=student.apply, method=method, tx=tx,
-      teacher_apply_fns=[teacher.apply] * n, num_classes=C,
-      num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, seed=0)
-  return state, t_vars, step
+  key = (method, use_bn, num_epochs, steps_per_epoch)
+  if key not in _STEPS:
+    step = step_lib.make_train_step(
+        apply_fn=student.apply, method=method, tx=tx,
+        teacher_apply_fns=[teacher.apply] * n, num_classes=C,
+        num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, seed=0, jit=False)
+    _STEPS[key] = jax.jit(step, donate_argnums=(0,), compiler_options=FAST)
+  return state, t_vars, _STEPS[key]
 
 
 def _at_epoch(state, epoch, steps_per_epoch=1):
@@ -144,28 +157,41 @@ def test_one_step(name, igdm_alpha):
 # Zero when the student equals the teacher (no batch norm, so train mode and
 # inference mode coincide).
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name,kw,key", [
-    ("kd", {"alpha": 1.0}, "kl"),
-    ("rslad", {}, "kl_adv"),
-    ("rslad", {}, "kl_clean"),
-    ("adaad", {"alpha": 0.5}, "kl_adv"),
-    ("adaad", {"alpha": 0.5}, "kl_clean"),
+def _loss_only(method, s_vars, t_vars, batch, epoch=150, num_epochs=200):
+  """``perturb`` then ``loss`` (no gradient), built as ``make_train_step`` builds them."""
+  model = Tiny(use_bn="batch_stats" in s_vars)
+  teachers = tuple(step_lib.teacher_logits_fn(model.apply, v) for v in t_vars)
+
+  @jax.jit
+  def run(s_vars, batch):
+    ctx = Ctx(x=batch["image"], y=batch["label"], mask=batch["mask"],
+              key=jax.random.PRNGKey(0), epoch=jnp.float32(epoch),
+              num_epochs=num_epochs, num_classes=C,
+              student_eval=lambda u: model.apply(s_vars, u, train=False),
+              teachers=teachers)
+    x_adv = method.perturb(ctx)
+    student = TrainForward(model.apply, s_vars["params"], s_vars.get("batch_stats", {}))
+    out = method.loss(ctx, student, x_adv, method.init_state(C))
+    return out.loss, out.metrics
+
+  return run(s_vars, batch)
+
+
+@pytest.mark.parametrize("name,kw,keys", [
+    ("kd", {"alpha": 1.0}, ("kl", "loss")),
+    ("rslad", {}, ("kl_adv", "kl_clean", "loss")),
+    ("adaad", {"alpha": 0.5}, ("kl_adv", "kl_clean", "loss")),
+    ("pgd_at", {"igdm_alpha": 5.0}, ("igdm",)),
+    ("adaad", {"igdm_alpha": 5.0}, ("igdm", "kl_adv", "loss")),
 ])
-def test_distillation_terms_vanish_when_student_is_teacher(name, kw, key):
+def test_terms_vanish_when_student_is_teacher(name, kw, keys):
+  # No batch norm, so the train-mode student equals the inference-mode teacher.
   method = _method(name, **kw)
-  state, t_vars, step = _setup(method, use_bn=False, same_as_teacher=True)
-  _, metrics = step(state, t_vars, _batch())
-  assert abs(float(metrics[key])) <= 1e-6
-  if name in ("rslad", "adaad") or kw.get("alpha") == 1.0:
-    assert abs(float(metrics["loss"])) <= 1e-6
-
-
-@pytest.mark.parametrize("base", ["pgd_at", "adaad"])
-def test_igdm_term_vanishes_when_student_is_teacher(base):
-  method = _method(base, igdm_alpha=5.0)
-  state, t_vars, step = _setup(method, use_bn=False, same_as_teacher=True)
-  _, metrics = step(state, t_vars, _batch())
-  assert abs(float(metrics["igdm"])) <= 1e-6
+  t_vars = (_init(Tiny(use_bn=False), 100),)
+  loss, metrics = _loss_only(method, t_vars[0], t_vars, _batch())
+  metrics = dict(metrics, loss=loss)
+  for k in keys:
+    assert abs(float(metrics[k])) <= 1e-6, (k, float(metrics[k]))
 
 
 def test_pure_losses_vanish_on_identical_logits():
@@ -371,15 +397,23 @@ def test_darht_step_phases_weights_and_skip():
       t = teacher.apply(t_vars[i], batch["image"], train=False)
       want = np.exp(-_np_ce(np.asarray(t), np.asarray(batch["label"])).mean())
       np.testing.assert_allclose(float(m[f"darht_w_{i}"]), want, rtol=1e-5)
-  # Skip: with a threshold below the CE the step leaves the state untouched.
-  skipper = dataclasses.replace(method, ce_skip_threshold=0.0)
-  state3, t_vars3, step3 = _setup(skipper)
-  before = _copy(state3.params)
-  new_state, m = step3(state3, t_vars3, batch)
-  assert float(m["skipped"]) == 1.0
-  same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, np.asarray(b))),
-                                      before, new_state.params))
-  assert all(same)
+  # Skip: a student whose CE exceeds 8 (scaled head, labels = its least likely
+  # class) leaves the state untouched.
+  params = jax.tree.map(jnp.array, state.params)
+  params["head"]["kernel"] = params["head"]["kernel"] * 1000.0
+  student = Tiny(head_slots=2)
+  logits = student.apply({"params": params, "batch_stats": state.batch_stats},
+                         batch["image"], train=False)
+  bad = dict(batch, label=jnp.argmin(logits, axis=-1))
+  big = state.replace(params=params)
+  before = _copy(big.params)
+  for epoch in (1, 150):
+    new_state, m = step(_at_epoch(big, epoch), t_vars, bad)
+    assert float(m["ce"]) > 8 and float(m["skipped"]) == 1.0
+    same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, np.asarray(b))),
+                                        before, new_state.params))
+    assert all(same)
+    assert int(new_state.step) == int(_at_epoch(big, epoch).step) + 1
 
 
 def test_darht_mixes_clean_and_adversarial_batches():
@@ -398,15 +432,16 @@ def test_darht_mixes_clean_and_adversarial_batches():
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["iad", "adaiad"])
 def test_iad_second_term_starts_at_begin(name):
-  method = _method(name, begin=3)
+  method = _method(name)
+  assert method.begin == 60
   state, t_vars, step = _setup(method)
   batch = _batch()
-  _, m_off = step(_at_epoch(state, 3), t_vars, batch)  # 0-indexed epoch 2 < 3
+  _, m_off = step(_at_epoch(state, 60), t_vars, batch)  # 0-indexed epoch 59 < 60
   assert float(m_off["introspection_active"]) == 0.0
   assert float(m_off["introspection"]) == 0.0
   np.testing.assert_allclose(float(m_off["loss"]),
                              method.temperature**2 * float(m_off["kl"]), rtol=1e-5)
-  _, m_on = step(_at_epoch(state, 4), t_vars, batch)  # 0-indexed epoch 3 >= 3
+  _, m_on = step(_at_epoch(state, 61), t_vars, batch)  # 0-indexed epoch 60 >= 60
   assert float(m_on["introspection_active"]) == 1.0
   assert float(m_on["introspection"]) > 0.0
   np.testing.assert_allclose(
@@ -431,12 +466,12 @@ def test_igdm_wrap_rules():
 
 
 def test_igdm_ramp():
-  method = _method("pgd_at", igdm_alpha=4.0)
-  state, t_vars, step = _setup(method, num_epochs=10)
+  method = _method("pgd_at", igdm_alpha=2.0)
+  state, t_vars, step = _setup(method)
   batch = _batch()
-  for epoch in (1, 5, 10):
+  for epoch in (1, 100, 200):
     _, m = step(_at_epoch(state, epoch), t_vars, batch)
-    np.testing.assert_allclose(float(m["igdm_weight"]), 4.0 * epoch / 10, rtol=1e-6)
+    np.testing.assert_allclose(float(m["igdm_weight"]), 2.0 * epoch / 200, rtol=1e-6)
     np.testing.assert_allclose(float(m["loss"]),
                                float(m["base_loss"] + m["igdm_weight"] * m["igdm"]),
                                rtol=1e-5)

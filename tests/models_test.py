@@ -73,13 +73,11 @@ PARAM_COUNTS = [
     ("resnet34", {}, 10, 32, 21_282_122),
     ("resnet50", {}, 10, 32, 23_520_842),
     ("resnet18_imagenet", {}, 1000, 224, 11_689_512),
-    ("resnet34_imagenet", {}, 1000, 224, 21_797_672),
     ("resnet50_imagenet", {}, 1000, 224, 25_557_032),
     ("preact_resnet18", {"variant": "kuangliu"}, 10, 32, 11_171_146),
     ("preact_resnet18", {}, 10, 32, 11_172_170),  # + final BN (1024).
     ("preact_resnet18", {"variant": "dm"}, 10, 32, 12_548_426),  # 3x3 shortcuts.
     ("wrn28_10", {}, 10, 32, 36_479_194),
-    ("wrn28_10", {"variant": "dm"}, 10, 32, 36_479_194),
     ("wrn34_10", {}, 10, 32, 46_160_474),
     ("wrn34_10", {}, 100, 32, 46_218_164),
     ("wrn34_20", {}, 10, 32, 184_531_674),
@@ -87,7 +85,6 @@ PARAM_COUNTS = [
     ("wrn", {"depth": 16, "width": 4}, 10, 32, 2_748_890),
     ("mobilenet_v2", {}, 10, 32, 2_296_922),
     ("vit_ti", {"patch_size": 16, "image_size": 224}, 1000, 224, 5_717_416),
-    ("vit_s", {"patch_size": 16, "image_size": 224}, 1000, 224, 22_050_664),
     ("vit_b", {"patch_size": 16, "image_size": 224}, 1000, 224, 86_567_656),
 ]
 
@@ -123,13 +120,12 @@ def test_small_forward_train_and_eval(name, kw):
   assert np.isfinite(np.asarray(logits)).all()
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), v["batch_stats"], upd["batch_stats"])
   assert all(jax.tree.leaves(changed)), "train=True must update every BN's running stats"
-  ev = m.apply(v, x, train=False)
-  assert ev.shape == (2, 5) and ev.dtype == jnp.float32
+  # (train=False forwards of every family are checked against PyTorch in convert_test.py.)
 
 
 def test_vit_forward_and_real_init():
   m = vit_lib.ViT(num_classes=5, width=32, depth=2, num_heads=4, patch_size=8, image_size=16)
-  v = m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+  v = jax.jit(lambda: m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False))()
   assert set(v) == {"params"}
   assert v["params"]["pos_embedding"].shape == (1, 5, 32)  # 4 patches + class token.
   out = jax.jit(lambda v, x: m.apply(v, x, train=False))(v, _images(size=16))
@@ -149,15 +145,22 @@ def test_normalisation_is_inside_the_model():
                              atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ZOO)
-def test_head_slots_structure(name):
+# One instance of every backbone class / variant (small where a kwarg allows it).
+BACKBONES = [
+    ("resnet18", {}, 512), ("resnet50_imagenet", {"width": 8}, 256),
+    ("preact_resnet18", {"width": 8}, 64), ("preact_resnet18", {"variant": "dm"}, 512),
+    ("wrn", {"depth": 10, "width": 2}, 128), ("wrn", {"depth": 10, "variant": "dm"}, 640),
+    ("mobilenet_v2", {}, 1280), ("vit_ti", {"patch_size": 8}, 192),
+]
+
+
+@pytest.mark.parametrize("name,kw,feat", BACKBONES, ids=lambda v: str(v))
+def test_head_slots_structure(name, kw, feat):
   """Every backbone uses the shared classifier head: slots (K*C) then head (C)."""
-  kw = {"patch_size": 8} if name.startswith("vit") else {}
   k, c = 3, 7
   base = _abstract(models.get(name, num_classes=c, **kw))["params"]
   v = _abstract(models.get(name, num_classes=c, head_slots=k, **kw))["params"]
-  feat = base["head"]["kernel"].shape[0]
-  assert "slots" not in base
+  assert "slots" not in base and base["head"]["kernel"].shape == (feat, c)
   assert v["slots"]["kernel"].shape == (feat, k * c)
   assert v["head"]["kernel"].shape == (k * c, c)
 
@@ -182,7 +185,6 @@ BF16_TOL = 0.05  # max |logit_bf16 - logit_fp32| <= BF16_TOL * max(1, max |logit
 
 @pytest.mark.parametrize("name,kw,size", [
     ("wrn", {"depth": 10, "width": 2, "variant": "dm"}, 32),
-    ("resnet18", {"width": 8}, 32),
     ("vit_ti", {"patch_size": 8, "image_size": 16}, 16),
 ])
 def test_bf16_compute_fp32_params(name, kw, size):
@@ -190,13 +192,10 @@ def test_bf16_compute_fp32_params(name, kw, size):
   m16 = models.get(name, num_classes=10, mean=CIFAR10[0], std=CIFAR10[1], dtype="bfloat16", **kw)
   v = _random_variables(m32, size)
   x = _images(4, size)
-  # Parameters of a bf16-compute model are created float32.
+  # Parameters (and BN statistics) of a bf16-compute model are created float32.
   abstract16 = _abstract(m16, size)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(abstract16))
   l32 = jax.jit(lambda v, x: m32.apply(v, x, train=False))(v, x)
-  l16, upd = jax.jit(lambda v, x: m16.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
-  assert l16.dtype == jnp.float32
-  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(upd))
   l16 = jax.jit(lambda v, x: m16.apply(v, x, train=False))(v, x)
   assert l16.dtype == jnp.float32
   scale = max(1.0, float(jnp.max(jnp.abs(l32))))

@@ -385,18 +385,18 @@ class TMobileNetV2(_Normalized):
   CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
          (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
-  def __init__(self, num_classes=10, mean=None, std=None):
+  def __init__(self, num_classes=10, cfg=CFG, mean=None, std=None):
     super().__init__()
     self._init_norm(mean, std)
     self.conv1 = _conv3(3, 32)
     self.bn1 = nn.BatchNorm2d(32)
     blocks, cin = [], 32
-    for e, cout, n, s in self.CFG:
+    for e, cout, n, s in cfg:
       for i in range(n):
         blocks.append(TInvRes(cin, cout, e, s if i == 0 else 1))
         cin = cout
     self.layers = nn.Sequential(*blocks)
-    self.conv2 = _conv1(320, 1280)
+    self.conv2 = _conv1(cin, 1280)
     self.bn2 = nn.BatchNorm2d(1280)
     self.linear = nn.Linear(1280, num_classes)
 

@@ -119,8 +119,8 @@ def _make(depth: int, stem: str):
   stages, block = _DEPTHS[depth]
 
   def ctor(num_classes: int, **kw) -> nn.Module:
-    return ResNet(num_classes=num_classes, stage_sizes=stages, block=block,
-                  stem=stem, **kw)
+    kw.setdefault("stage_sizes", stages)  # Overridable (tests run shallow instances).
+    return ResNet(num_classes=num_classes, block=block, stem=stem, **kw)
 
   ctor.__doc__ = f"ResNet-{depth}, {stem} layout."
   return ctor

@@ -1,0 +1,424 @@
+"""``python -m kdrobust.evaluate --workdir DIR``: evaluate a kdrobust run.
+
+Clean accuracy, FGSM, PGD-20, CW-inf and AutoAttack (stage by stage) on the
+first ``--num_examples`` test points (dataset order, as RobustBench), at the
+run's ``config.eval.eps`` or at every epsilon of ``--eps 2/255,4/255,8/255``.
+Prints a table, writes ``DIR/eval/<name>.json`` (never overwriting one
+without ``--overwrite``) and flags gradient-masking signs. The presets, the
+JSON fields and the warnings are documented in ``docs/evaluation.md``.
+
+Library use::
+
+  module, variables, config, step = load_run(workdir, "best")
+  record = evaluate_run(workdir, eps="8/255", attacks="clean,pgd20,aa",
+                        num_examples=1000)
+
+Evaluation always applies the model in inference mode (batch norm running
+statistics) with matmuls at 'highest' precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kdrobust.evaluation import masking
+from kdrobust.evaluation import presets as presets_lib
+from kdrobust.evaluation import report
+from kdrobust.evaluation import runner
+
+FORMAT = "kdrobust.evaluate/1"
+
+
+class EvaluationError(ValueError):
+  """Bad evaluation inputs (reported before any compute)."""
+
+
+# ----------------------------------------------------------------------------
+# Loading a run.
+# ----------------------------------------------------------------------------
+def _read_json(path: str) -> dict[str, Any]:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _checkpointer(workdir: str):
+  """The run's Checkpointer (synchronous, read-only use)."""
+  from kdrobust import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  ckdir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckdir):
+    raise EvaluationError(f"{workdir} has no checkpoints/ directory: is it a kdrobust run?")
+  return ckpt_lib.Checkpointer(ckdir, enable_async=False)
+
+
+def resolve_checkpoint(workdir: str, checkpoint: str | int = "best") -> tuple[int, str]:
+  """``(step, how)`` for ``'best'`` (by robust accuracy), ``'latest'`` or a step number.
+
+  ``'best'`` falls back to the latest checkpoint when none records a robust
+  accuracy (a run without periodic evaluation); ``how`` says which happened.
+  """
+  which = str(checkpoint).strip().lower()
+  ck = _checkpointer(workdir)
+  try:
+    steps = ck.all_steps()
+    if not steps:
+      raise EvaluationError(f"{workdir} has no checkpoint yet.")
+    if which == "best":
+      best = ck.best_step()
+      if best is not None:
+        return best, "best"
+      return steps[-1], "latest (no checkpoint records a robust accuracy)"
+    if which == "latest":
+      return steps[-1], "latest"
+    try:
+      step = int(which)
+    except ValueError:
+      raise EvaluationError(f"--checkpoint must be best, latest or a step number, "
+                            f"got {checkpoint!r}.") from None
+    if step not in steps:
+      raise EvaluationError(f"{workdir} has no checkpoint at step {step}; "
+                            f"available: {', '.join(map(str, steps))}.")
+    return step, "step"
+  finally:
+    ck.close()
+
+
+def load_run(workdir: str, checkpoint: str | int = "best", *, dtype: str = "float32"):
+  """``(module, variables, config, step)`` of a kdrobust run directory.
+
+  ``module`` is the Flax model (normalisation inside, compute ``dtype``,
+  float32 by default whatever the run trained in), ``variables``
+  ``{'params', 'batch_stats'}`` on the default device, ``config`` the run's
+  ``ml_collections.ConfigDict``. Apply it with
+  ``module.apply(variables, x, train=False)`` (inference mode), or get a
+  ready logits function with :func:`kdrobust.evaluation.runner.flax_logits_fn`.
+  """
+  import ml_collections as mlc  # pylint: disable=g-import-not-at-top
+  from kdrobust import train  # pylint: disable=g-import-not-at-top
+  config, spec = _run_files(workdir)
+  step, _ = resolve_checkpoint(workdir, checkpoint)
+  ck = _checkpointer(workdir)
+  try:
+    raw = ck.restore_raw(step)
+  finally:
+    ck.close()
+  model_cfg = mlc.ConfigDict(spec["model"])
+  model_cfg.dtype = dtype
+  module = train.build_model(model_cfg, int(spec["num_classes"]), spec["dataset"])
+  variables = {"params": raw["params"]}
+  if raw.get("batch_stats"):
+    variables["batch_stats"] = raw["batch_stats"]
+  variables = jax.tree.map(jnp.asarray, variables)
+  return module, variables, config, step
+
+
+def _run_files(workdir: str):
+  """The run's config (ConfigDict) and model spec (``model.json``)."""
+  import ml_collections as mlc  # pylint: disable=g-import-not-at-top
+  cpath, mpath = os.path.join(workdir, "config.json"), os.path.join(workdir, "model.json")
+  if not os.path.exists(cpath):
+    raise EvaluationError(f"{workdir} is not a kdrobust run directory (no config.json).")
+  config = mlc.ConfigDict(_read_json(cpath))
+  if os.path.exists(mpath):
+    spec = _read_json(mpath)
+  else:
+    from kdrobust import data as data_lib  # pylint: disable=g-import-not-at-top
+    info = data_lib.info(config.data.name, config.data.data_dir or None)
+    spec = {"model": config.model.to_dict(), "num_classes": info.num_classes,
+            "image_shape": list(info.image_shape), "dataset": config.data.name}
+  return config, spec
+
+
+def load_test_data(config, num_examples: int | None = None, *, data_dir: str | None = None,
+                   batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """The first ``num_examples`` test points (dataset order) as numpy ``(x, y)``."""
+  from kdrobust import data as data_lib  # pylint: disable=g-import-not-at-top
+  xs, ys = [], []
+  for b in data_lib.eval_iterator(config.data.name, data_dir=data_dir or config.data.data_dir
+                                  or None, batch_size=batch_size,
+                                  num_examples=num_examples or None, process_index=0,
+                                  process_count=1):
+    m = np.asarray(b["mask"], bool)
+    xs.append(np.asarray(b["image"], np.float32)[m])
+    ys.append(np.asarray(b["label"])[m])
+  if not xs:
+    raise EvaluationError(f"The test split of {config.data.name} is empty.")
+  return np.concatenate(xs), np.concatenate(ys).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------
+# Names, metadata.
+# ----------------------------------------------------------------------------
+def default_name(step: int, requested: str, eps_list, norm: str, *, num_examples=None,
+                 attacks=presets_lib.DEFAULT_ATTACKS, aa_version: str = "standard") -> str:
+  """``best-step120_linf_eps8-255[_n1000][_clean-pgd20][_aa-plus]``."""
+  tag = f"{requested}-step{step}" if requested in ("best", "latest") else f"step{step}"
+  name = f"{tag}_{norm}_eps" + "_".join(presets_lib.eps_slug(l) for _, l in eps_list)
+  if num_examples:
+    name += f"_n{num_examples}"
+  if tuple(attacks) != presets_lib.DEFAULT_ATTACKS:
+    name += "_" + "-".join(attacks)
+  if "aa" in attacks and aa_version != "standard":
+    name += f"_aa-{aa_version}"
+  return name
+
+
+def versions() -> dict[str, str]:
+  """kdrobust (with git commit), jax, jaxlib, flax, numpy, python."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  from kdrobust import train  # pylint: disable=g-import-not-at-top
+  return {"kdrobust": train.code_version(), "jax": jax.__version__,
+          "jaxlib": getattr(jaxlib, "__version__", "?"), "flax": flax.__version__,
+          "numpy": np.__version__, "python": platform.python_version()}
+
+
+def device_string() -> str:
+  d = jax.devices()[0]
+  return f"{jax.device_count()}x {d.device_kind} ({d.platform}); evaluated on 1"
+
+
+def headline_eps(eps_list, configured: float | None) -> int:
+  """Index of the headline epsilon: the run's configured one if listed, else the largest."""
+  if configured is not None:
+    for i, (v, _) in enumerate(eps_list):
+      if abs(v - configured) < 1e-9:
+        return i
+  return max(range(len(eps_list)), key=lambda i: eps_list[i][0])
+
+
+def build_record(results: dict[str, Any], *, headline: int, meta: dict[str, Any]
+                 ) -> dict[str, Any]:
+  """The JSON record: RobustBench-style headline fields, per-eps figures, warnings."""
+  top = results["per_eps"][headline]
+  aa = top["accuracy"].get("aa")
+  record = {"format": FORMAT, **meta,
+            "norm": results["norm"], "eps": top["eps"], "eps_str": top["eps_str"],
+            "num_examples": results["num_examples"],
+            "clean_acc": results["clean_acc"], "autoattack_acc": aa,
+            "robust_acc": {k: v for k, v in top["accuracy"].items() if k != "clean"},
+            "worst_case_acc": top["worst_case"],
+            "robustbench": {"clean_acc": presets_lib.robustbench_percent(results["clean_acc"]),
+                            "autoattack_acc": presets_lib.robustbench_percent(aa),
+                            "eps": top["eps_str"], "norm": results["norm"],
+                            "n_examples": results["num_examples"],
+                            "attack": (f"AutoAttack {results['aa_version']} "
+                                       "(kdrobust JAX port)") if aa is not None else None},
+            "attacks": results["attacks"], "aa_version": results["aa_version"],
+            "presets": {k: p.describe() for k, p in presets_lib.PRESETS.items()
+                        if k in results["attacks"]},
+            "seed": results["seed"], "batch_size": results["batch_size"],
+            "per_eps": results["per_eps"]}
+  if "aa" in results["attacks"]:
+    record["autoattack_stages"] = top.get("autoattack", {}).get("stages", [])
+  return record
+
+
+# ----------------------------------------------------------------------------
+# Optional extras: diagnostics (teacher GD/GC, local linearity), transfer.
+# ----------------------------------------------------------------------------
+def _diagnostics_module():
+  try:
+    from kdrobust import diagnostics  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return diagnostics
+
+
+def _check_extras(*, teacher, local_linearity, transfer_from, plot) -> None:
+  """Fail before any compute when an optional extra cannot run."""
+  if (teacher or local_linearity) and _diagnostics_module() is None:
+    raise EvaluationError("--teacher and --local_linearity need kdrobust.diagnostics, which "
+                          "this checkout does not have yet.")
+  if teacher and not os.path.exists(teacher):
+    raise EvaluationError(f"Teacher path {teacher!r} does not exist.")
+  if transfer_from and not os.path.isdir(transfer_from):
+    raise EvaluationError(f"--transfer_from {transfer_from!r} is not a run directory.")
+  if plot:
+    try:
+      report.require_matplotlib()
+    except ImportError as e:
+      raise EvaluationError(str(e)) from None
+
+
+def run_diagnostics(logits_fn, x, y, *, eps_list, teacher=None, local_linearity=False,
+                    seed=0, batch_size=256, num_classes=None) -> dict[str, Any]:
+  """IGDM's GD/GC against ``teacher`` and KDIGA's local linearity (kdrobust.diagnostics)."""
+  raise NotImplementedError  # wired once kdrobust.diagnostics lands
+
+
+# ----------------------------------------------------------------------------
+# The library entry point.
+# ----------------------------------------------------------------------------
+def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
+                 num_examples: int | None = None, eps=None,
+                 attacks=presets_lib.DEFAULT_ATTACKS, aa_version: str = "standard",
+                 norm: str = "Linf", seed: int = 0, batch_size: int | None = None,
+                 name: str | None = None, overwrite: bool = False, write: bool = True,
+                 plot: bool = False, teacher: str | None = None,
+                 local_linearity: bool = False, transfer_from: str | None = None,
+                 data_dir: str | None = None, progress: bool = True,
+                 log: Callable[[str], None] | None = print,
+                 command: Sequence[str] | None = None) -> dict[str, Any]:
+  """Evaluate a run; returns the record written to ``DIR/eval/<name>.json``.
+
+  Every input is checked, and an existing output refused, before any compute.
+  ``eps``: None (the run's ``config.eval.eps``), a float, or a string list
+  such as ``'2/255,4/255,8/255'``. ``attacks``: a subset of
+  ``clean,fgsm,pgd20,cw,aa``. ``batch_size`` defaults to the run's
+  ``config.data.eval_batch_size``. The fields are documented in
+  ``docs/evaluation.md``.
+  """
+  t_start = time.time()
+  attacks = presets_lib.parse_attacks(attacks)
+  norm_c = presets_lib.canonical_norm(norm)
+  if aa_version not in presets_lib.AA_VERSIONS:
+    raise EvaluationError(f"Unknown AutoAttack version {aa_version!r}; valid: "
+                          f"{', '.join(presets_lib.AA_VERSIONS)}.")
+  if num_examples is not None and num_examples <= 0:
+    raise EvaluationError(f"--num_examples must be positive, got {num_examples}.")
+  _check_extras(teacher=teacher, local_linearity=local_linearity,
+                transfer_from=transfer_from, plot=plot)
+  config, spec = _run_files(workdir)
+  configured = float(config.eval.eps) if "eval" in config and "eps" in config.eval else None
+  eps_list = presets_lib.parse_eps(eps if eps is not None else configured)
+  step, how = resolve_checkpoint(workdir, checkpoint)
+  requested = str(checkpoint).lower()
+  name = name or default_name(step, requested, eps_list, norm_c, num_examples=num_examples,
+                              attacks=attacks, aa_version=aa_version)
+  out_path = os.path.join(workdir, "eval", f"{name}.json")
+  png_path = os.path.join(workdir, "eval", f"{name}.png")
+  if write:
+    report.check_writable(out_path, overwrite=overwrite)
+    if plot:
+      report.check_writable(png_path, overwrite=overwrite)
+
+  module, variables, config, step = load_run(workdir, step)
+  bs = int(batch_size or config.data.get("eval_batch_size", 256))
+  x, y = load_test_data(config, num_examples, data_dir=data_dir, batch_size=bs)
+  fn = runner.flax_logits_fn(module, variables)
+  source = None
+  if transfer_from:
+    smod, svars, _, sstep = load_run(transfer_from, "best")
+    source = runner.flax_logits_fn(smod, svars)
+    _check_same_classes(fn, source, x)
+  say = log or (lambda s: None)
+  say(f"Evaluating {workdir} at step {step} ({how}) on {x.shape[0]} test examples of "
+      f"{config.data.name}; eps {', '.join(l for _, l in eps_list)}; "
+      f"attacks {','.join(attacks)}.")
+  with jax.default_matmul_precision("highest"):
+    results = runner.evaluate_arrays(fn, x, y, eps=[l for _, l in eps_list], attacks=attacks,
+                                     norm=norm_c, aa_version=aa_version, seed=seed,
+                                     batch_size=bs, transfer_fn=source, progress=progress,
+                                     log=log)
+    diagnostics = None
+    if teacher or local_linearity:
+      diagnostics = run_diagnostics(fn, x, y, eps_list=eps_list, teacher=teacher,
+                                    local_linearity=local_linearity, seed=seed,
+                                    batch_size=bs, num_classes=int(spec["num_classes"]))
+
+  meta = {"name": name, "workdir": os.path.abspath(workdir),
+          "checkpoint": {"requested": requested, "step": step, "resolved": how},
+          "dataset": config.data.name, "split": "test", "model": spec["model"].get("name"),
+          "method": config.method.get("name") if "method" in config else None,
+          "precision": "highest", "compute_dtype": "float32", "batch_norm": "inference",
+          "versions": versions(), "device": device_string(),
+          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  if command is not None:
+    meta["command"] = " ".join(command)
+  record = build_record(results, headline=headline_eps(eps_list, configured), meta=meta)
+  if transfer_from:
+    record["transfer_from"] = {"workdir": os.path.abspath(transfer_from), "step": sstep,
+                               "attack": "pgd20 crafted on the source model"}
+  if diagnostics is not None:
+    record["diagnostics"] = diagnostics
+  record["warnings"] = masking.check_warnings(record)
+  record["time_s"] = round(time.time() - t_start, 2)
+  if write:
+    record["path"] = report.write_json(out_path, record, overwrite=overwrite)
+    if plot:
+      record["plot"] = report.plot_accuracy_vs_eps(record, png_path, overwrite=overwrite)
+  return record
+
+
+def _check_same_classes(fn, source, x) -> None:
+  """The transfer source must predict the same label set as the evaluated model."""
+  a = jax.eval_shape(fn, jax.ShapeDtypeStruct((1,) + x.shape[1:], jnp.float32))
+  b = jax.eval_shape(source, jax.ShapeDtypeStruct((1,) + x.shape[1:], jnp.float32))
+  if a.shape != b.shape:
+    raise EvaluationError(f"--transfer_from predicts {b.shape[-1]} classes, this run "
+                          f"{a.shape[-1]}.")
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+# ----------------------------------------------------------------------------
+def make_parser() -> argparse.ArgumentParser:
+  """The CLI flags (documented in docs/evaluation.md)."""
+  p = argparse.ArgumentParser(
+      prog="python -m kdrobust.evaluate",
+      description="Evaluate a kdrobust run: clean, FGSM, PGD-20, CW-inf and AutoAttack; "
+      "writes DIR/eval/<name>.json and flags gradient masking.")
+  p.add_argument("--workdir", required=True, help="The run directory.")
+  p.add_argument("--checkpoint", default="best", help="best (default), latest or a step.")
+  p.add_argument("--num_examples", type=int, default=None,
+                 help="Evaluate the first N test points (default: the whole test split).")
+  p.add_argument("--eps", default=None,
+                 help="Epsilon(s), e.g. 8/255 or 2/255,4/255,8/255 (default: config.eval.eps).")
+  p.add_argument("--attacks", default=",".join(presets_lib.DEFAULT_ATTACKS),
+                 help="Subset of clean,fgsm,pgd20,cw,aa (default: all).")
+  p.add_argument("--aa_version", default="standard", choices=presets_lib.AA_VERSIONS)
+  p.add_argument("--norm", default="Linf", help="Linf (default) or L2.")
+  p.add_argument("--seed", type=int, default=0, help="Seed of every attack (default 0).")
+  p.add_argument("--batch_size", type=int, default=None,
+                 help="Batch size (default: the run's config.data.eval_batch_size).")
+  p.add_argument("--name", default=None, help="Output name: DIR/eval/<name>.json.")
+  p.add_argument("--overwrite", action="store_true", help="Replace an existing <name>.json.")
+  p.add_argument("--plot", action="store_true",
+                 help="Also write DIR/eval/<name>.png (needs matplotlib).")
+  p.add_argument("--teacher", default=None,
+                 help="Teacher run/converted dir or .pt: adds GD/GC input-gradient figures.")
+  p.add_argument("--local_linearity", action="store_true",
+                 help="Add KDIGA's local-linearity measure.")
+  p.add_argument("--transfer_from", default=None,
+                 help="Another run: PGD-20 examples crafted on it, evaluated on this one.")
+  p.add_argument("--data_dir", default=None, help="Override the run's config.data.data_dir.")
+  p.add_argument("--no_progress", action="store_true", help="No progress bar.")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Run the CLI; returns the exit status (0 ok, 1 bad input or existing output)."""
+  args = make_parser().parse_args(argv)
+  from kdrobust import data as data_lib  # pylint: disable=g-import-not-at-top
+  try:
+    record = evaluate_run(
+        args.workdir, checkpoint=args.checkpoint, num_examples=args.num_examples,
+        eps=args.eps, attacks=args.attacks, aa_version=args.aa_version, norm=args.norm,
+        seed=args.seed, batch_size=args.batch_size, name=args.name, overwrite=args.overwrite,
+        plot=args.plot, teacher=args.teacher, local_linearity=args.local_linearity,
+        transfer_from=args.transfer_from, data_dir=args.data_dir,
+        progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr, flush=True),
+        command=["python -m kdrobust.evaluate"] + list(argv if argv is not None
+                                                       else sys.argv[1:]))
+  except (ValueError, FileExistsError, ImportError, data_lib.DatasetNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 1
+  print(report.format_table(record), flush=True)
+  print(f"Wrote {record['path']}" + (f" and {record['plot']}" if "plot" in record else ""),
+        flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,140 @@
+"""The terminal table, the JSON file (never overwritten by accident), the plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+COLUMNS = ("clean", "fgsm", "pgd20", "cw", "aa", "transfer")
+HEADERS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-inf",
+           "aa": "AA", "transfer": "transfer"}
+
+
+class OutputExistsError(FileExistsError):
+  """An evaluation file of that name exists (pass ``overwrite=True`` / ``--overwrite``)."""
+
+
+def _pct(v: float | None) -> str:
+  return "-" if v is None else f"{100.0 * v:.2f}"
+
+
+def format_table(record: dict[str, Any]) -> str:
+  """The results as a fixed-width table, AA stages and warnings below (percentages)."""
+  per_eps = record["per_eps"]
+  cols = [c for c in COLUMNS if any(c in e["accuracy"] for e in per_eps)]
+  width = max([len("eps")] + [len(e["eps_str"]) for e in per_eps]) + 2
+  head = "eps".ljust(width) + "".join(f"{HEADERS[c]:>10}" for c in cols) + f"{'worst':>10}"
+  lines = [_title(record), head, "-" * len(head)]
+  for e in per_eps:
+    lines.append(e["eps_str"].ljust(width)
+                 + "".join(f"{_pct(e['accuracy'].get(c)):>10}" for c in cols)
+                 + f"{_pct(e.get('worst_case')):>10}")
+  lines.append("(accuracy in %; worst = correct under every attack listed)")
+  for e in per_eps:
+    aa = e.get("autoattack")
+    if aa:
+      stages = " -> ".join(f"{s['attack']} {_pct(s['robust_acc'])}" for s in aa["stages"])
+      lines.append(f"AutoAttack {aa['version']} at eps {e['eps_str']}: clean "
+                   f"{_pct(aa['clean_acc'])}" + (f" -> {stages}" if stages else "")
+                   + f" (re-evaluated: {_pct(aa['reeval_acc'])})")
+  lines += _diagnostic_lines(record.get("diagnostics"))
+  warnings = record.get("warnings", [])
+  if warnings:
+    lines.append(f"Gradient-masking warnings ({len(warnings)}):")
+    lines += [f"  ! [{w['code']}] {w['message']}" for w in warnings]
+  else:
+    lines.append("No gradient-masking signs found.")
+  return "\n".join(lines)
+
+
+def _title(record: dict[str, Any]) -> str:
+  ck = record.get("checkpoint") or {}
+  where = record.get("workdir", "<arrays>")
+  step = f", checkpoint step {ck['step']} ({ck.get('requested')})" if ck else ""
+  ds = f" of {record['dataset']}" if record.get("dataset") else ""
+  return (f"Evaluation of {where}{step}: {record['num_examples']} test examples{ds}, "
+          f"{record['norm']}, seed {record['seed']}, batch {record['batch_size']}")
+
+
+def _diagnostic_lines(diag: dict[str, Any] | None) -> list[str]:
+  """One line per diagnostic (teacher-student gradient figures, local linearity)."""
+  if not diag:
+    return []
+  out = []
+  for key, val in diag.items():
+    if isinstance(val, dict):
+      body = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in val.items())
+    else:
+      body = f"{val:.4g}" if isinstance(val, float) else str(val)
+    out.append(f"{key}: {body}")
+  return out
+
+
+def write_json(path: str, record: dict[str, Any], *, overwrite: bool = False) -> str:
+  """Write ``record`` to ``path`` atomically; refuse an existing file unless ``overwrite``."""
+  check_writable(path, overwrite=overwrite)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    json.dump(record, f, indent=2, default=_json_default)
+    f.write("\n")
+  os.replace(tmp, path)
+  return path
+
+
+def check_writable(path: str, *, overwrite: bool) -> None:
+  """Raise :class:`OutputExistsError` if ``path`` exists and ``overwrite`` is off."""
+  if os.path.exists(path) and not overwrite:
+    raise OutputExistsError(
+        f"{path} exists: an earlier evaluation is never overwritten. Pick another --name, "
+        "or pass --overwrite to replace it.")
+
+
+def _json_default(v):
+  """numpy scalars and arrays, tuples."""
+  if hasattr(v, "tolist"):
+    return v.tolist()
+  if hasattr(v, "item"):
+    return v.item()
+  return str(v)
+
+
+def require_matplotlib():
+  """``matplotlib.pyplot`` with the Agg backend, or a clear error naming the extra."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("--plot needs matplotlib, an optional extra: "
+                      "pip install 'kdrobust[plot]' (or pip install matplotlib).") from e
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_accuracy_vs_eps(record: dict[str, Any], path: str, *, overwrite: bool = False
+                         ) -> str:
+  """A PNG of accuracy (%) against epsilon, one line per attack."""
+  plt = require_matplotlib()
+  check_writable(path, overwrite=overwrite)
+  per_eps = sorted(record["per_eps"], key=lambda e: e["eps"])
+  xs = [e["eps"] * 255.0 for e in per_eps]
+  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  for c in COLUMNS:
+    ys = [e["accuracy"].get(c) for e in per_eps]
+    if all(v is not None for v in ys):
+      ax.plot(xs, [100 * v for v in ys], marker="o",
+              linestyle="--" if c == "clean" else "-", label=HEADERS[c])
+  ax.set_xlabel("epsilon (x 1/255)")
+  ax.set_ylabel("accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(f"{record.get('name', '')} ({record['norm']}, n={record['num_examples']})",
+               fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path

@@ -1,0 +1,418 @@
+"""The evaluation suite on numpy arrays, for any JAX logits function.
+
+:func:`evaluate_arrays` runs clean accuracy, the projected presets (FGSM,
+PGD-20, CW-inf), AutoAttack and an optional transfer attack at one or more
+epsilons and returns a plain results dict (see ``docs/evaluation.md``). The
+per-batch work is one ``jax.jit`` per attack with the batch shape fixed
+(the last batch is padded and masked) and ``eps`` traced, so neither a new
+batch nor a new epsilon recompiles. Every forward runs under
+``jax.default_matmul_precision('highest')``; Flax models are wrapped by
+:func:`flax_logits_fn`, which applies them in inference mode
+(``train=False``: batch norm uses its running statistics).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kdrobust import losses
+from kdrobust.attacks import projected
+from kdrobust.evaluation import presets as presets_lib
+
+Array = jax.Array
+Partial = jax.tree_util.Partial
+NOISE_TOLERANCE = 1e-6  # |CE(x + noise) - CE(x)| below this counts as "unchanged"
+
+
+# ----------------------------------------------------------------------------
+# Logits functions.
+# ----------------------------------------------------------------------------
+class InferenceLogits:
+  """``(variables, x) -> float32 logits`` of a Flax module in inference mode.
+
+  Batch norm uses its running statistics (``train=False``), dropout is off,
+  and matmuls/convolutions run at 'highest' precision (no TF32/bf16 passes).
+  Equality is identity of the module, so a ``Partial`` of it keys one jit
+  cache entry per model while the variables stay traced arguments.
+  """
+
+  def __init__(self, module):
+    self.module = module
+
+  def __call__(self, variables, x):
+    with jax.default_matmul_precision("highest"):
+      return jnp.asarray(self.module.apply(variables, x, train=False), jnp.float32)
+
+  def __eq__(self, other):
+    return isinstance(other, InferenceLogits) and other.module is self.module
+
+  def __hash__(self):
+    return hash(id(self.module))
+
+
+def flax_logits_fn(module, variables) -> Partial:
+  """``x -> logits`` for a Flax module and its variables (inference mode, highest precision)."""
+  return Partial(InferenceLogits(module), variables)
+
+
+def as_partial(logits_fn: Callable[[Array], Array]) -> Partial:
+  """A ``Partial`` (a pytree) so the function can be a jit argument."""
+  if isinstance(logits_fn, Partial):
+    return logits_fn
+  return Partial(logits_fn)
+
+
+# ----------------------------------------------------------------------------
+# Jitted per-batch kernels (one compilation per function, batch shape, preset).
+# ----------------------------------------------------------------------------
+@jax.jit
+def _clean_correct(fn, x, y):
+  """Per-example correctness on the unattacked inputs."""
+  with jax.default_matmul_precision("highest"):
+    return jnp.argmax(fn(x), axis=-1) == y
+
+
+def _run_preset(fn, x, y, eps, key, preset: presets_lib.Preset, norm: str):
+  """The adversarial batch of a projected preset (eps traced)."""
+  if preset.name == "fgsm" or preset.steps == 1 and preset.init == "none":
+    return projected.fgsm(fn, x, y, key, eps=eps, init=preset.init, norm=norm)
+  return projected.pgd(fn, x, y, key, eps=eps, step_size=preset.step_fraction * eps,
+                       steps=preset.steps, norm=norm, loss=preset.loss,
+                       init=preset.init, restarts=preset.restarts, kappa=preset.kappa)
+
+
+@functools.partial(jax.jit, static_argnames=("preset", "norm"))
+def _preset_correct(fn, x, y, eps, key, *, preset, norm):
+  """Per-example correctness after the preset's attack."""
+  with jax.default_matmul_precision("highest"):
+    x_adv = _run_preset(fn, x, y, eps, key, preset, norm)
+    return jnp.argmax(fn(x_adv), axis=-1) == y
+
+
+@functools.partial(jax.jit, static_argnames=("preset", "norm"))
+def _transfer_correct(source_fn, target_fn, x, y, eps, key, *, preset, norm):
+  """Correctness of ``target_fn`` on the preset's examples crafted on ``source_fn``."""
+  with jax.default_matmul_precision("highest"):
+    x_adv = _run_preset(source_fn, x, y, eps, key, preset, norm)
+    return jnp.argmax(target_fn(x_adv), axis=-1) == y
+
+
+@functools.partial(jax.jit, static_argnames=("norm",))
+def _sanity_batch(fn, x, y, eps, key, *, norm):
+  """Per example: clean-correct, CE unchanged under random noise, zero input gradient.
+
+  The noise is ``U[-eps, eps]`` per pixel (L-inf) or a uniform-radius L2
+  draw, clipped to [0, 1].
+  """
+  with jax.default_matmul_precision("highest"):
+    def ce(u):
+      logits = fn(u)
+      return losses.xent(logits, y), logits
+    (loss0, logits), vjp = _vjp_with_aux(ce, x)
+    grad = vjp(jnp.ones_like(loss0))
+    x_noisy = projected.random_init(key, x, eps, norm=norm, init="uniform")
+    loss1 = losses.xent(fn(x_noisy), y)
+    correct = jnp.argmax(logits, axis=-1) == y
+    unchanged = jnp.abs(loss1 - loss0) < NOISE_TOLERANCE
+    zero_grad = jnp.all(grad.reshape(grad.shape[0], -1) == 0, axis=-1)
+    return correct, unchanged, zero_grad
+
+
+def _vjp_with_aux(f, x):
+  """``((value, aux), vjp)`` with ``vjp`` returning the single input cotangent."""
+  value, vjp, aux = jax.vjp(f, x, has_aux=True)
+  return (value, aux), lambda ct: vjp(ct)[0]
+
+
+def compile_counts() -> dict[str, int]:
+  """Cache sizes of the jitted kernels (tests use them to prove nothing recompiles)."""
+  return {"clean": _clean_correct._cache_size(),  # pylint: disable=protected-access
+          "preset": _preset_correct._cache_size(),  # pylint: disable=protected-access
+          "transfer": _transfer_correct._cache_size(),  # pylint: disable=protected-access
+          "sanity": _sanity_batch._cache_size()}  # pylint: disable=protected-access
+
+
+# ----------------------------------------------------------------------------
+# Batching.
+# ----------------------------------------------------------------------------
+def padded_batches(x: np.ndarray, y: np.ndarray, batch_size: int
+                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray, int]]:
+  """``(batch_index, x_b, y_b, n_valid)`` with every batch exactly ``batch_size`` rows.
+
+  The last batch is padded by repeating its first row; callers drop rows past
+  ``n_valid``.
+  """
+  n = x.shape[0]
+  for i, start in enumerate(range(0, n, batch_size)):
+    xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+    nv = xb.shape[0]
+    if nv < batch_size:
+      xb = np.concatenate([xb, np.repeat(xb[:1], batch_size - nv, axis=0)])
+      yb = np.concatenate([yb, np.repeat(yb[:1], batch_size - nv, axis=0)])
+    yield i, xb, yb, nv
+
+
+def _map_batches(kernel, x, y, batch_size: int) -> np.ndarray | tuple[np.ndarray, ...]:
+  """Run ``kernel(i, xb, yb)`` over padded batches; one host fetch at the end."""
+  outs, valid = [], []
+  for i, xb, yb, nv in padded_batches(x, y, batch_size):
+    outs.append(kernel(i, jnp.asarray(xb), jnp.asarray(yb)))
+    valid.append(nv)
+  outs = jax.device_get(outs)
+  if isinstance(outs[0], tuple):
+    return tuple(np.concatenate([np.asarray(o[k])[:nv] for o, nv in zip(outs, valid)])
+                 for k in range(len(outs[0])))
+  return np.concatenate([np.asarray(o)[:nv] for o, nv in zip(outs, valid)])
+
+
+# ----------------------------------------------------------------------------
+# Individual evaluations.
+# ----------------------------------------------------------------------------
+def clean_correct(fn: Partial, x, y, batch_size: int) -> np.ndarray:
+  """Per-example clean correctness (bool[N])."""
+  return _map_batches(lambda i, xb, yb: _clean_correct(fn, xb, yb), x, y, batch_size)
+
+
+def preset_correct(fn: Partial, x, y, *, eps: float, preset: presets_lib.Preset,
+                   norm: str, seed: int, batch_size: int) -> np.ndarray:
+  """Per-example correctness under a projected preset (bool[N]).
+
+  Batch ``i`` uses ``fold_in(fold_in(PRNGKey(seed), hash of preset), i)``, the
+  same draws at every epsilon (common random numbers across a sweep).
+  """
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), _stable_id(preset.name))
+  e = jnp.float32(eps)
+  return _map_batches(
+      lambda i, xb, yb: _preset_correct(fn, xb, yb, e, jax.random.fold_in(base, i),
+                                        preset=preset, norm=norm), x, y, batch_size)
+
+
+def transfer_correct(source_fn: Partial, target_fn: Partial, x, y, *, eps: float,
+                     preset: presets_lib.Preset, norm: str, seed: int,
+                     batch_size: int) -> np.ndarray:
+  """Per-example correctness of the target on examples crafted on the source."""
+  transfer = _transfer_module()
+  if transfer is not None and hasattr(transfer, "transfer_attack"):
+    return _library_transfer(transfer, source_fn, target_fn, x, y, eps=eps, preset=preset,
+                             norm=norm, seed=seed, batch_size=batch_size)
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), _stable_id("transfer"))
+  e = jnp.float32(eps)
+  return _map_batches(
+      lambda i, xb, yb: _transfer_correct(source_fn, target_fn, xb, yb, e,
+                                          jax.random.fold_in(base, i), preset=preset,
+                                          norm=norm), x, y, batch_size)
+
+
+def _transfer_module():
+  """``kdrobust.attacks.transfer`` if it exists in this checkout, else None."""
+  try:
+    from kdrobust.attacks import transfer  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return transfer
+
+
+def _library_transfer(transfer, source_fn, target_fn, x, y, *, eps, preset, norm, seed,
+                      batch_size):
+  """Placeholder adapter, replaced once ``kdrobust.attacks.transfer`` is final."""
+  raise NotImplementedError
+
+
+def sanity_checks(fn: Partial, x, y, *, eps: float, norm: str, seed: int,
+                  batch_size: int) -> dict[str, Any]:
+  """The noise and zero-gradient checks on the clean-correct points.
+
+  ``loss_unchanged``: points whose CE loss changes by less than 1e-6 under
+  ``U[-eps, eps]`` noise; ``zero_grad``: points whose input gradient of the
+  CE loss is exactly zero. Both count among the clean-correct points.
+  """
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), _stable_id("noise"))
+  e = jnp.float32(eps)
+  correct, unchanged, zero = _map_batches(
+      lambda i, xb, yb: _sanity_batch(fn, xb, yb, e, jax.random.fold_in(base, i), norm=norm),
+      x, y, batch_size)
+  n_ok = int(correct.sum())
+  n_same = int((unchanged & correct).sum())
+  n_zero = int((zero & correct).sum())
+  return {"num_clean_correct": n_ok, "loss_unchanged": n_same,
+          "loss_unchanged_fraction": n_same / n_ok if n_ok else 0.0,
+          "zero_grad": n_zero, "zero_grad_fraction": n_zero / n_ok if n_ok else 0.0,
+          "noise": "U[-eps, eps]" if norm == "linf" else "uniform-radius L2 ball",
+          "tolerance": NOISE_TOLERANCE}
+
+
+def _stable_id(name: str) -> int:
+  """A small deterministic integer for ``name`` (Python's ``hash`` is salted)."""
+  return sum((i + 1) * ord(c) for i, c in enumerate(name)) % (2 ** 31)
+
+
+# ----------------------------------------------------------------------------
+# AutoAttack.
+# ----------------------------------------------------------------------------
+def run_autoattack(fn: Partial, x, y, *, eps: float, norm: str, version: str, seed: int,
+                   batch_size: int, progress: bool = True, desc: str = "AutoAttack"
+                   ) -> dict[str, Any]:
+  """AutoAttack (:mod:`kdrobust.attacks.autoattack`) with a tqdm progress bar.
+
+  Returns ``{'robust': bool[N], 'clean_acc', 'robust_acc', 'stages':
+  [{'attack', 'robust_acc'}], 'warnings': [str], 'reeval_acc'}``; the
+  re-evaluation forwards the returned ``x_adv`` again (attacks.md P2).
+  """
+  from kdrobust.attacks import autoattack as aa_lib  # pylint: disable=g-import-not-at-top
+  kwargs = dict(eps=eps, norm=presets_lib.NORMS[norm], version=version, seed=seed,
+                batch_size=batch_size)
+  params = inspect.signature(aa_lib.autoattack).parameters
+  bar = _progress_bar(desc, progress)
+  if bar is not None and "progress" in params:
+    kwargs["progress"] = _tqdm_callback(bar)
+  try:
+    with jax.default_matmul_precision("highest"):
+      res = aa_lib.autoattack(fn, np.asarray(x), np.asarray(y), **kwargs)
+  finally:
+    if bar is not None:
+      bar.close()
+  robust = np.asarray(_field(res, "robust"), bool)
+  x_adv = np.asarray(_field(res, "x_adv"))
+  reeval = clean_correct(fn, x_adv, np.asarray(y), batch_size)
+  stages = _field(res, "stages", "stage_robust_accuracy", "robust_accuracy_per_attack",
+                  default=[])
+  return {"version": version, "robust": robust,
+          "clean_acc": float(_field(res, "clean_accuracy")),
+          "robust_acc": float(_field(res, "robust_accuracy")),
+          "stages": _stage_list(stages),
+          "warnings": [str(w) for w in _field(res, "warnings", default=[])],
+          "reeval_acc": float(reeval.mean()),
+          "reeval_mismatch": int((reeval != robust).sum())}
+
+
+def _field(res, *names, default=None):
+  """The first of ``names`` present on ``res`` (attribute or key)."""
+  for n in names:
+    if isinstance(res, dict) and n in res:
+      return res[n]
+    if hasattr(res, n):
+      return getattr(res, n)
+  if default is not None:
+    return default
+  raise AttributeError(f"AutoAttack result has none of {names}.")
+
+
+def _stage_list(stages) -> list[dict[str, Any]]:
+  """Normalise the per-stage figures to ``[{'attack': name, 'robust_acc': value}]``."""
+  if isinstance(stages, dict):
+    items = list(stages.items())
+  else:
+    items = [(s[0], s[1]) if isinstance(s, (tuple, list)) else
+             (_field(s, "attack", "name"), _field(s, "robust_acc", "robust_accuracy"))
+             for s in stages]
+  return [{"attack": str(k), "robust_acc": float(v)} for k, v in items]
+
+
+def _progress_bar(desc: str, enabled: bool):
+  """A tqdm bar on stderr with ETA, or None when disabled."""
+  if not enabled:
+    return None
+  import sys  # pylint: disable=g-import-not-at-top
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=None, desc=desc, unit="pt", dynamic_ncols=True, file=sys.stderr,
+              smoothing=0.1)
+
+
+def _tqdm_callback(bar) -> Callable[..., None]:
+  """Adapt tqdm to AutoAttack's ``progress(done, total)`` callback."""
+  def update(done, total=None, *_, **__):
+    if total is not None and total != bar.total:
+      bar.total = int(total)
+    bar.n = int(done)
+    bar.refresh()
+  return update
+
+
+# ----------------------------------------------------------------------------
+# The suite.
+# ----------------------------------------------------------------------------
+def evaluate_arrays(logits_fn, x, y, *, eps, attacks=presets_lib.DEFAULT_ATTACKS,
+                    norm: str = "linf", aa_version: str = "standard", seed: int = 0,
+                    batch_size: int = 256, transfer_fn=None, progress: bool = True,
+                    log: Callable[[str], None] | None = print) -> dict[str, Any]:
+  """Clean accuracy and every requested attack at every epsilon.
+
+  ``logits_fn``: any ``x -> logits`` JAX function (wrap Flax modules with
+  :func:`flax_logits_fn`); ``x`` float32 NHWC in [0, 1], ``y`` int labels;
+  ``eps``: anything :func:`~kdrobust.evaluation.presets.parse_eps` takes.
+  ``transfer_fn``: a second model's logits function; PGD-20 examples crafted
+  on it are evaluated on ``logits_fn`` (``accuracy['transfer']``).
+  Returns ``{'norm', 'num_examples', 'clean_acc', 'attacks', 'per_eps':
+  [...]}``; each ``per_eps`` entry holds ``eps``, ``eps_str``,
+  ``accuracy`` (per attack), ``worst_case``, ``sanity``, ``time_s`` and,
+  with ``aa``, ``autoattack``.
+  """
+  fn = as_partial(logits_fn)
+  src = None if transfer_fn is None else as_partial(transfer_fn)
+  norm = presets_lib.canonical_norm(norm)
+  attacks = presets_lib.parse_attacks(attacks)
+  eps_list = presets_lib.parse_eps(eps)
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y).astype(np.int32)
+  bs = max(1, min(int(batch_size), x.shape[0]))
+  say = log or (lambda s: None)
+
+  t0 = time.time()
+  clean = clean_correct(fn, x, y, bs)
+  clean_time = time.time() - t0
+  say(f"clean: {clean.mean():.4f} ({x.shape[0]} examples, {clean_time:.1f}s)")
+  per_eps = []
+  for value, label in eps_list:
+    per_eps.append(_evaluate_eps(fn, src, x, y, clean, value=value, label=label,
+                                 attacks=attacks, norm=norm, aa_version=aa_version,
+                                 seed=seed, batch_size=bs, progress=progress, say=say))
+  return {"norm": presets_lib.NORMS[norm], "num_examples": int(x.shape[0]),
+          "clean_acc": float(clean.mean()), "attacks": list(attacks),
+          "aa_version": aa_version if "aa" in attacks else None,
+          "batch_size": bs, "seed": seed, "per_eps": per_eps}
+
+
+def _evaluate_eps(fn, src, x, y, clean, *, value, label, attacks, norm, aa_version,
+                  seed, batch_size, progress, say) -> dict[str, Any]:
+  """One epsilon: every attack, the worst case over them and the sanity checks."""
+  acc = {"clean": float(clean.mean())}
+  flags = {"clean": clean}
+  times: dict[str, float] = {}
+  entry: dict[str, Any] = {"eps": value, "eps_str": label}
+  for name in attacks:
+    if name == "clean":
+      continue
+    t0 = time.time()
+    if name == "aa":
+      aa = run_autoattack(fn, x, y, eps=value, norm=norm, version=aa_version, seed=seed,
+                          batch_size=batch_size, progress=progress,
+                          desc=f"AutoAttack {aa_version} eps {label}")
+      flags[name] = aa.pop("robust")
+      entry["autoattack"] = aa
+    else:
+      flags[name] = preset_correct(fn, x, y, eps=value, preset=presets_lib.PRESETS[name],
+                                   norm=norm, seed=seed, batch_size=batch_size)
+    times[name] = time.time() - t0
+    acc[name] = float(flags[name].mean())
+    say(f"eps {label}: {name} {acc[name]:.4f} ({times[name]:.1f}s)")
+  if src is not None:
+    t0 = time.time()
+    flags["transfer"] = transfer_correct(src, fn, x, y, eps=value,
+                                         preset=presets_lib.PRESETS["pgd20"], norm=norm,
+                                         seed=seed, batch_size=batch_size)
+    times["transfer"] = time.time() - t0
+    acc["transfer"] = float(flags["transfer"].mean())
+    say(f"eps {label}: transfer (PGD-20 on the source) {acc['transfer']:.4f}")
+  worst = np.logical_and.reduce([flags[k] for k in flags])
+  entry.update(accuracy=acc, worst_case=float(worst.mean()),
+               sanity=sanity_checks(fn, x, y, eps=value, norm=norm, seed=seed,
+                                    batch_size=batch_size),
+               time_s={k: round(v, 3) for k, v in times.items()})
+  return entry
