@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 BEST_METRIC = "robust_accuracy"
@@ -69,6 +70,19 @@ class Checkpointer:
   def restore_raw(self, step: int) -> dict:
     """The saved state as nested dicts of arrays, with no target (for teachers, evaluation)."""
     out = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return out["state"]
+
+  def restore_raw_single_device(self, step: int, device=None) -> dict:
+    """:meth:`restore_raw` onto one device (default: the first), whatever topology
+    saved it (a run trained on 8 devices evaluated on 1 would otherwise fail)."""
+    path = os.path.join(self.directory, str(step), "state")
+    tree = ocp.StandardCheckpointHandler().metadata(epath.Path(path))
+    tree = getattr(tree, "tree", tree)
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+    out = self._mngr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     return out["state"]
 
   def restore_meta(self, step: int) -> dict:

@@ -109,7 +109,7 @@ def load_run(workdir: str, checkpoint: str | int = "best", *, dtype: str = "floa
   step, _ = resolve_checkpoint(workdir, checkpoint)
   ck = _checkpointer(workdir)
   try:
-    raw = ck.restore_raw(step)
+    raw = ck.restore_raw_single_device(step)
   finally:
     ck.close()
   model_cfg = mlc.ConfigDict(spec["model"])

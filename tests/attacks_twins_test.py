@@ -137,3 +137,96 @@ def test_twins_logits_agree_float32():
   zj = np.asarray(jax_model(w)(x.astype(np.float32)))
   zt = torch_model(w, torch.float32)(torch.tensor(to_nchw(x), dtype=torch.float32))
   np.testing.assert_allclose(zj, zt.detach().numpy(), rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# A small model trained on real data: scikit-learn digits (8x8x1 in [0,1]).
+# ---------------------------------------------------------------------------
+
+
+def digits_data():
+  """``(x_train, y_train, x_test, y_test)``: digits as NHWC float32 in [0, 1], fixed split."""
+  from sklearn.datasets import load_digits
+  d = load_digits()
+  x = (d.images / 16.0).astype(np.float32)[..., None]
+  y = d.target.astype(np.int32)
+  perm = np.random.default_rng(0).permutation(len(y))
+  x, y = x[perm], y[perm]
+  return x[:1300], y[:1300], x[1300:], y[1300:]
+
+
+def digits_init(seed: int = 0, c1: int = 16, c2: int = 32) -> dict[str, np.ndarray]:
+  """He-initialised weights of conv(1->c1)-ReLU-conv(c1->c2, stride 2)-ReLU-dense(10), torch layouts."""
+  rng = np.random.default_rng(seed)
+  return {
+      "c1_w": rng.normal(0, np.sqrt(2 / 9), (c1, 1, 3, 3)).astype(np.float32),
+      "c1_b": np.zeros(c1, np.float32),
+      "c2_w": rng.normal(0, np.sqrt(2 / (9 * c1)), (c2, c1, 3, 3)).astype(np.float32),
+      "c2_b": np.zeros(c2, np.float32),
+      "fc_w": rng.normal(0, np.sqrt(1 / (16 * c2)), (10, 16 * c2)).astype(np.float32),
+      "fc_b": np.zeros(10, np.float32),
+  }
+
+
+def digits_apply(p, x):
+  """The digits CNN in plain JAX (NHWC in, torch-layout weights, (c, h, w) flatten)."""
+  dn = ("NHWC", "OIHW", "NHWC")
+  hp = jax.lax.Precision.HIGHEST
+  h = jax.lax.conv_general_dilated(x, p["c1_w"], (1, 1), ((1, 1), (1, 1)),
+                                   dimension_numbers=dn, precision=hp) + p["c1_b"]
+  h = jax.nn.relu(h)
+  h = jax.lax.conv_general_dilated(h, p["c2_w"], (2, 2), ((1, 1), (1, 1)),
+                                   dimension_numbers=dn, precision=hp) + p["c2_b"]
+  h = jax.nn.relu(h)
+  h = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1)
+  return jnp.dot(h, p["fc_w"].T, precision=hp) + p["fc_b"]
+
+
+def train_digits(x, y, *, epochs: int = 30, eps: float = 0.1, seed: int = 0,
+                 lr: float = 0.05, batch: int = 64):
+  """FGSM-RS adversarial training (step 1.25 eps) with SGD+momentum; a few seconds on CPU."""
+  p = {k: jnp.asarray(v) for k, v in digits_init(seed).items()}
+  mom = jax.tree_util.tree_map(jnp.zeros_like, p)
+
+  def loss_fn(p, xb, yb):
+    z = digits_apply(p, xb)
+    return -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(xb.shape[0]), yb])
+
+  @jax.jit
+  def step(p, mom, xb, yb, key):
+    d = jax.random.uniform(key, xb.shape, minval=-eps, maxval=eps)
+    g = jax.grad(lambda u: loss_fn(p, u, yb))(jnp.clip(xb + d, 0, 1))
+    xa = jnp.clip(xb + jnp.clip(d + 1.25 * eps * jnp.sign(g), -eps, eps), 0, 1)
+    gp = jax.grad(loss_fn)(p, xa, yb)
+    mom = jax.tree_util.tree_map(lambda m, g: 0.9 * m + g, mom, gp)
+    p = jax.tree_util.tree_map(lambda w, m: w - lr * m, p, mom)
+    return p, mom
+
+  rng = np.random.default_rng(seed)
+  key = jax.random.PRNGKey(seed)
+  n = (len(y) // batch) * batch
+  for ep in range(epochs):
+    perm = rng.permutation(len(y))[:n].reshape(-1, batch)
+    for i, idx in enumerate(perm):
+      p, mom = step(p, mom, x[idx], y[idx], jax.random.fold_in(key, ep * 1000 + i))
+  return {k: np.asarray(v) for k, v in p.items()}
+
+
+class TorchDigits(torch.nn.Module):
+  """Torch twin of :func:`digits_apply` (NCHW input)."""
+
+  def __init__(self, p):
+    super().__init__()
+    c1, c2 = p["c1_w"].shape[0], p["c2_w"].shape[0]
+    self.c1 = torch.nn.Conv2d(1, c1, 3, padding=1)
+    self.c2 = torch.nn.Conv2d(c1, c2, 3, stride=2, padding=1)
+    self.fc = torch.nn.Linear(16 * c2, 10)
+    with torch.no_grad():
+      for name, mod in (("c1", self.c1), ("c2", self.c2), ("fc", self.fc)):
+        mod.weight.copy_(torch.tensor(p[name + "_w"]))
+        mod.bias.copy_(torch.tensor(p[name + "_b"]))
+    self.eval()
+
+  def forward(self, x):
+    h = torch.relu(self.c2(torch.relu(self.c1(x))))
+    return self.fc(h.flatten(1))

@@ -8,6 +8,7 @@ minutes on a 2-core CPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -20,7 +21,7 @@ from kdrobust import losses
 from kdrobust import methods
 from kdrobust import train_step as step_lib
 from kdrobust.methods import Ctx, TrainForward
-from kdrobust.methods import adaad, darht, igdm, kdiga, mtard
+from kdrobust.methods import adaad, darht, igdm, kd, kdiga, mtard, rslad
 from kdrobust.state import TrainState
 
 C = 10
@@ -82,8 +83,7 @@ FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes"
 _STEPS = {}
 
 
-def _setup(method, *, use_bn=True, same_as_teacher=False, num_epochs=200,
-           steps_per_epoch=1):
+def _setup(method, *, num_epochs=200, steps_per_epoch=1):
   """Student/teacher variables, a fresh state and the jitted step (cached per setting).
 
   The step is ``make_train_step(..., jit=False)`` jitted here exactly as
@@ -91,15 +91,14 @@ def _setup(method, *, use_bn=True, same_as_teacher=False, num_epochs=200,
   """
   n = _n_teachers(method)
   slots = n if method.name == "darht" else 0
-  student = Tiny(head_slots=slots, use_bn=use_bn)
-  teacher = Tiny(use_bn=use_bn)
+  student = Tiny(head_slots=slots)
+  teacher = Tiny()
   t_vars = tuple(_init(teacher, 100 + i) for i in range(n))
-  s_vars = (jax.tree.map(jnp.array, t_vars[0]) if same_as_teacher
-            else _init(student, 0))
+  s_vars = _init(student, 0)
   tx = optax.sgd(0.1)
   state = TrainState.create(s_vars["params"], s_vars.get("batch_stats", {}), tx,
                             method.init_state(C))
-  key = (method, use_bn, num_epochs, steps_per_epoch)
+  key = (method, num_epochs, steps_per_epoch)
   if key not in _STEPS:
     step = step_lib.make_train_step(
         apply_fn=student.apply, method=method, tx=tx,
@@ -162,7 +161,7 @@ def _loss_only(method, s_vars, t_vars, batch, epoch=150, num_epochs=200):
   model = Tiny(use_bn="batch_stats" in s_vars)
   teachers = tuple(step_lib.teacher_logits_fn(model.apply, v) for v in t_vars)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=FAST)
   def run(s_vars, batch):
     ctx = Ctx(x=batch["image"], y=batch["label"], mask=batch["mask"],
               key=jax.random.PRNGKey(0), epoch=jnp.float32(epoch),
@@ -179,7 +178,9 @@ def _loss_only(method, s_vars, t_vars, batch, epoch=150, num_epochs=200):
 
 @pytest.mark.parametrize("name,kw,keys", [
     ("kd", {"alpha": 1.0}, ("kl", "loss")),
-    ("rslad", {}, ("kl_adv", "kl_clean", "loss")),
+    # RSLAD's adversarial term compares T(x) with S(x'), which differ even when
+    # S = T; only its clean term is a student-teacher discrepancy at one point.
+    ("rslad", {}, ("kl_clean",)),
     ("adaad", {"alpha": 0.5}, ("kl_adv", "kl_clean", "loss")),
     ("pgd_at", {"igdm_alpha": 5.0}, ("igdm",)),
     ("adaad", {"igdm_alpha": 5.0}, ("igdm", "kl_adv", "loss")),
@@ -197,7 +198,6 @@ def test_terms_vanish_when_student_is_teacher(name, kw, keys):
 def test_pure_losses_vanish_on_identical_logits():
   z = jax.random.normal(jax.random.PRNGKey(0), (B, C)) * 3
   y = jnp.arange(B) % C
-  from kdrobust.methods import kd, rslad
   loss, _ = kd.kd_loss(z, z, y, alpha=1.0, temperature=4.0)
   assert abs(float(loss)) <= 1e-6
   loss, _ = rslad.rslad_loss(z, z * 0.5, z * 0.5)
@@ -230,59 +230,128 @@ def test_kdiga_gradient_term_matches_finite_differences():
     y = jnp.arange(b) % c
     gamma = 0.5
 
-    # G_S is the gradient of the batch-mean CE: check it against central differences.
-    g = kdiga.input_gradient(lambda u: _mlp(p, u), x, y)
-    e = 1e-6
-    fd = np.zeros(x.shape)
-    for idx in np.ndindex(*x.shape):
-      dx = jnp.zeros(x.shape, jnp.float64).at[idx].set(e)
-      fd[idx] = (kdiga.mean_ce(_mlp(p, x + dx), y) - kdiga.mean_ce(_mlp(p, x - dx), y)) / (2 * e)
-    np.testing.assert_allclose(np.asarray(g), fd, rtol=1e-6, atol=1e-9)
-
-    # Term value = (gamma/B) ||G_S - G_T||_F by its definition.
-    term = lambda q: kdiga.kdiga_gradient_term(lambda u: _mlp(q, u), lambda u: _mlp(pt, u),
-                                               x, y, gamma)
-    g_t = kdiga.input_gradient(lambda u: _mlp(pt, u), x, y)
-    want = gamma / b * np.linalg.norm(np.asarray(g - g_t).ravel())
-    np.testing.assert_allclose(float(term(p)), want, rtol=1e-10)
-
-    # Double back-prop: d term / d theta along a random direction vs central differences.
-    grad = jax.grad(term)(p)
     v = jax.tree.map(lambda a: jax.random.normal(k[4], a.shape, jnp.float64), p)
-    along = sum(float(jnp.sum(gi * vi)) for gi, vi in zip(jax.tree.leaves(grad),
-                                                           jax.tree.leaves(v)))
-    e = 1e-5
-    plus = jax.tree.map(lambda a, u: a + e * u, p, v)
-    minus = jax.tree.map(lambda a, u: a - e * u, p, v)
-    fd_dir = (float(term(plus)) - float(term(minus))) / (2 * e)
-    np.testing.assert_allclose(along, fd_dir, rtol=1e-6)
+    e_x, e_p = 1e-6, 1e-5
+    basis = e_x * jnp.eye(x.size, dtype=jnp.float64).reshape((x.size,) + x.shape)
+    ce = lambda u: kdiga.mean_ce(_mlp(p, u), y)
+    term = lambda q, r: kdiga.kdiga_gradient_term(lambda u: _mlp(q, u), lambda u: _mlp(r, u),
+                                                  x, y, gamma)
 
+    @functools.partial(jax.jit, compiler_options=FAST)
+    def check(p, pt, v):
+      g = kdiga.input_gradient(lambda u: _mlp(p, u), x, y)
+      g_t = kdiga.input_gradient(lambda u: _mlp(pt, u), x, y)
+      fd = jax.vmap(lambda dx: (ce(x + dx) - ce(x - dx)) / (2 * e_x))(basis)
+      value, grad = jax.value_and_grad(term)(p, pt)
+      shift = lambda sign: jax.tree.map(lambda a, u: a + sign * e_p * u, p, v)
+      fd_dir = (term(shift(1.0), pt) - term(shift(-1.0), pt)) / (2 * e_p)
+      along = sum(jnp.sum(gi * vi) for gi, vi in zip(jax.tree.leaves(grad), jax.tree.leaves(v)))
+      same_value, same_grad = jax.value_and_grad(term)(p, p)
+      return g, g_t, fd.reshape(x.shape), value, along, fd_dir, same_value, same_grad
+
+    g, g_t, fd, value, along, fd_dir, same_value, same_grad = check(p, pt, v)
+    # G_S is the gradient of the batch-mean CE: central differences agree.
+    np.testing.assert_allclose(np.asarray(g), np.asarray(fd), rtol=1e-6, atol=1e-9)
+    # Term value = (gamma/B) ||G_S - G_T||_F by its definition.
+    want = gamma / b * np.linalg.norm(np.asarray(g - g_t).ravel())
+    np.testing.assert_allclose(float(value), want, rtol=1e-10)
+    # Double back-prop: d term / d theta along a random direction vs central differences.
+    np.testing.assert_allclose(float(along), float(fd_dir), rtol=1e-6)
     # Zero (and a finite zero gradient) when student == teacher.
-    same = lambda q: kdiga.kdiga_gradient_term(lambda u: _mlp(q, u), lambda u: _mlp(p, u),
-                                               x, y, gamma)
-    assert float(same(p)) == 0.0
-    assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(jax.grad(same)(p)))
+    assert abs(float(same_value)) <= 1e-12
+    assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(same_grad))
 
 
-def test_kdiga_threads_two_train_mode_forwards():
+def _ctx(model, s_vars, t_vars, batch, epoch, num_epochs=200):
+  teachers = tuple(step_lib.teacher_logits_fn(Tiny().apply, v) for v in t_vars)
+  return Ctx(x=batch["image"], y=batch["label"], mask=batch["mask"],
+             key=jax.random.PRNGKey(0), epoch=jnp.float32(epoch),
+             num_epochs=num_epochs, num_classes=C,
+             student_eval=lambda u: model.apply(s_vars, u, train=False),
+             teachers=teachers)
+
+
+# Train-mode student forwards per step in the official codes (methods.md
+# section 0: each one moves the batch-norm running statistics once).
+FORWARDS = [
+    ("kd", None, 150, 1), ("ard", None, 150, 2), ("iad", None, 60, 2),
+    ("iad", None, 61, 3), ("rslad", None, 150, 2), ("mtard", None, 150, 2),
+    ("kdiga", None, 150, 2), ("kdiga_ard", None, 150, 3), ("adaad", None, 150, 2),
+    ("adaiad", None, 60, 3), ("adaiad", None, 61, 4), ("darht", None, 150, 1),
+    ("pgd_at", 1.0, 150, 3), ("trades", 1.0, 150, 5), ("adaad", 1.0, 150, 4),
+]
+
+
+@pytest.mark.parametrize("name,igdm_alpha,epoch,want", FORWARDS)
+def test_number_of_train_mode_forwards(name, igdm_alpha, epoch, want):
+  # Only traced (eval_shape), never compiled. Counts every TrainForward call,
+  # including those inside lax.cond (IAD before `begin` still traces the
+  # forward, but its batch statistics are only threaded when the term is on).
+  method = _method(name, igdm_alpha)
+  n = _n_teachers(method)
+  model = Tiny(head_slots=n if name == "darht" else 0)
+  s_vars = _init(model, 0)
+  t_vars = tuple(_init(Tiny(), 100 + i) for i in range(n))
+  calls = []
+
+  def run(s_vars, batch):
+    ctx = _ctx(model, s_vars, t_vars, batch, epoch)
+    student = TrainForward(model.apply, s_vars["params"], s_vars["batch_stats"])
+    out = method.loss(ctx, student, batch["image"] * 0.99, method.init_state(C))
+    calls.append(student.calls)
+    return out.loss
+
+  jax.eval_shape(run, s_vars, _batch())
+  assert calls == [want if name not in ("iad", "adaiad") or epoch > 60 else want + 1]
+
+
+def test_iad_before_begin_threads_no_extra_statistics():
+  method = _method("iad")
+  model = Tiny()
+  s_vars = _init(model, 0)
+  t_vars = (_init(Tiny(), 100),)
+  batch = _batch()
+
+  @functools.partial(jax.jit, compiler_options=FAST)
+  def stats(s_vars, epoch):
+    ctx = _ctx(model, s_vars, t_vars, batch, 0)
+    ctx = dataclasses.replace(ctx, epoch=epoch)
+    student = TrainForward(model.apply, s_vars["params"], s_vars["batch_stats"])
+    method.loss(ctx, student, batch["image"] * 0.99, {})
+    return student.batch_stats
+
+  def ref(n_clean):
+    student = TrainForward(model.apply, s_vars["params"], s_vars["batch_stats"])
+    student(batch["image"] * 0.99)
+    for _ in range(n_clean):
+      student(batch["image"])
+    return student.batch_stats
+
+  for epoch, n_clean in ((60.0, 1), (61.0, 2)):
+    got = stats(s_vars, jnp.float32(epoch))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref(n_clean))):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_kdiga_gradient_forward_threads_batch_stats():
   method = _method("kdiga")
   model = Tiny()
   v = _init(model, 0)
-  t = Tiny()
-  tv = _init(t, 1)
+  t_vars = (_init(Tiny(), 1),)
   batch = _batch()
-  ctx = Ctx(x=batch["image"], y=batch["label"], mask=batch["mask"],
-            key=jax.random.PRNGKey(0), epoch=jnp.float32(1), num_epochs=10,
-            num_classes=C, student_eval=lambda u: model.apply(v, u, train=False),
-            teachers=(step_lib.teacher_logits_fn(t.apply, tv),))
-  student = TrainForward(model.apply, v["params"], v["batch_stats"])
-  out = method.loss(ctx, student, None, {})
-  assert student.calls == 2
+
+  @functools.partial(jax.jit, compiler_options=FAST)
+  def run(v):
+    student = TrainForward(model.apply, v["params"], v["batch_stats"])
+    out = method.loss(_ctx(model, v, t_vars, batch, 1), student, None, {})
+    return out, student.batch_stats
+
+  out, got = run(v)
   # Running statistics after two train-mode forwards on the same batch.
   ref = TrainForward(model.apply, v["params"], v["batch_stats"])
   ref(batch["image"])
   ref(batch["image"])
-  for a, b in zip(jax.tree.leaves(student.batch_stats), jax.tree.leaves(ref.batch_stats)):
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref.batch_stats)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert np.isfinite(float(out.loss)) and float(out.metrics["gradient_alignment"]) > 0
 
@@ -296,12 +365,18 @@ def test_adaad_inner_attack_increases_kl():
   s_fn = lambda u: model.apply(sv, u, train=False)
   t_fn = lambda u: model.apply(tv, u, train=False)
   x = _batch()["image"]
-  xa = jax.jit(lambda x: adaad.adaad_inner(s_fn, t_fn, x, jax.random.PRNGKey(0),
-                                           eps=8 / 255, step_size=2 / 255, steps=3))(x)
   kl = lambda u: losses.kl(s_fn(u), t_fn(u))
+
+  @functools.partial(jax.jit, compiler_options=FAST)
+  def run(x):
+    xa = adaad.adaad_inner(s_fn, t_fn, x, jax.random.PRNGKey(0), eps=8 / 255,
+                           step_size=2 / 255, steps=3)
+    return xa, kl(x), kl(xa)
+
+  xa, kl_clean, kl_adv = run(x)
   assert float(jnp.abs(xa - x).max()) <= 8 / 255 + 1e-6
-  assert float(jnp.sum(kl(xa))) > float(jnp.sum(kl(x)))
-  assert float(jnp.mean(kl(xa) > kl(x))) >= 0.75
+  assert float(jnp.sum(kl_adv)) > float(jnp.sum(kl_clean))
+  assert float(jnp.mean(kl_adv > kl_clean)) >= 0.75
 
 
 # ---------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def test_param_counts():
 # Small instances of every code path (same modules, reduced width/depth).
 SMALL = [
     ("resnet18", {"width": 4}),
-    ("resnet50_imagenet", {"width": 4}),
+    ("resnet50_imagenet", {"width": 4, "stage_sizes": (1, 1, 2, 1)}),
     ("preact_resnet18", {"width": 4}),
     ("preact_resnet18", {"width": 4, "variant": "wong"}),
     ("preact_resnet18", {"width": 4, "variant": "dm"}),
@@ -123,13 +123,16 @@ def test_small_forward_train_and_eval(name, kw):
   # (train=False forwards of every family are checked against PyTorch in convert_test.py.)
 
 
-def test_vit_forward_and_real_init():
+def test_vit_forward():
   m = vit_lib.ViT(num_classes=5, width=32, depth=2, num_heads=4, patch_size=8, image_size=16)
-  v = jax.jit(lambda: m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False))()
+  v = _random_variables(m, 16)
   assert set(v) == {"params"}
   assert v["params"]["pos_embedding"].shape == (1, 5, 32)  # 4 patches + class token.
-  out = jax.jit(lambda v, x: m.apply(v, x, train=False))(v, _images(size=16))
+  assert v["params"]["cls_token"].shape == (1, 1, 32)
+  fwd = jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))
+  out, state = fwd(v, _images(size=16))
   assert out.shape == (2, 5) and out.dtype == jnp.float32
+  assert not state  # No BN: nothing to update.
   with pytest.raises(ValueError, match="16x16"):
     m.apply(v, _images(size=32), train=False)
 
@@ -183,13 +186,14 @@ def test_head_slots_sow_and_logits():
 BF16_TOL = 0.05  # max |logit_bf16 - logit_fp32| <= BF16_TOL * max(1, max |logit_fp32|).
 
 
-@pytest.mark.parametrize("name,kw,size", [
-    ("wrn", {"depth": 10, "width": 2, "variant": "dm"}, 32),
-    ("vit_ti", {"patch_size": 8, "image_size": 16}, 16),
-])
-def test_bf16_compute_fp32_params(name, kw, size):
-  m32 = models.get(name, num_classes=10, mean=CIFAR10[0], std=CIFAR10[1], **kw)
-  m16 = models.get(name, num_classes=10, mean=CIFAR10[0], std=CIFAR10[1], dtype="bfloat16", **kw)
+@pytest.mark.parametrize("make,size", [
+    (lambda **kw: models.get("wrn", num_classes=10, depth=10, width=2, variant="dm", **kw), 32),
+    (lambda **kw: vit_lib.ViT(num_classes=10, width=64, depth=2, num_heads=4, patch_size=8,
+                              image_size=16, **kw), 16),
+], ids=["wrn10_2_dm", "vit_small"])
+def test_bf16_compute_fp32_params(make, size):
+  m32 = make(mean=CIFAR10[0], std=CIFAR10[1])
+  m16 = make(mean=CIFAR10[0], std=CIFAR10[1], dtype="bfloat16")
   v = _random_variables(m32, size)
   x = _images(4, size)
   # Parameters (and BN statistics) of a bf16-compute model are created float32.

@@ -19,7 +19,11 @@ zero_input_gradients      clean-correct points with an exactly zero input
                           gradient
 aa_reeval_mismatch        re-forwarding AutoAttack's x_adv disagrees with its
                           robust flags (randomness or train-mode batch norm, P2)
-autoattack                a warning raised by AutoAttack itself
+aa_zero_gradient          AutoAttack's check: zero DLR gradients at the APGD start
+aa_randomized             AutoAttack's check: repeated forwards differ
+aa_probability_output     AutoAttack's check: outputs look like probabilities
+aa_num_classes            AutoAttack's check: too few classes for (targeted) DLR
+autoattack                any other message raised by AutoAttack itself
 ========================  =====================================================
 """
 
@@ -132,7 +136,11 @@ def _aa_internal(entry: dict[str, Any]) -> list[dict[str, Any]]:
   aa, label = entry.get("autoattack"), entry.get("eps_str")
   if not aa:
     return []
-  out = [_warning("autoattack", str(w), label) for w in aa.get("warnings", [])]
+  out = []
+  for w in aa.get("warnings", []):
+    code = _aa_code(str(w))
+    if code is not None:
+      out.append(_warning(code, f"AutoAttack at eps {label}: {w}", label))
   if aa.get("reeval_mismatch"):
     out.append(_warning(
         "aa_reeval_mismatch",
@@ -140,6 +148,22 @@ def _aa_internal(entry: dict[str, Any]) -> list[dict[str, Any]]:
         f"on {aa['reeval_mismatch']} points at eps {label}: the model is not deterministic "
         "or not in inference mode.", label))
   return out
+
+
+def _aa_code(message: str) -> str | None:
+  """A code for one of AutoAttack's own messages (None: already covered here)."""
+  m = message.lower()
+  if "square attack has decreased" in m:
+    return None  # square_after_whitebox reports it from the stage figures
+  if "zero gradient" in m:
+    return "aa_zero_gradient"
+  if "randomized" in m:
+    return "aa_randomized"
+  if "probability" in m:
+    return "aa_probability_output"
+  if "classes" in m:
+    return "aa_num_classes"
+  return "autoattack"
 
 
 def _rises_with_eps(per_eps: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ batch nor a new epsilon recompiles. Every forward runs under
 from __future__ import annotations
 
 import functools
-import inspect
+import importlib
 import time
 from typing import Any, Callable, Iterator
 
@@ -97,11 +97,10 @@ def _preset_correct(fn, x, y, eps, key, *, preset, norm):
 
 
 @functools.partial(jax.jit, static_argnames=("preset", "norm"))
-def _transfer_correct(source_fn, target_fn, x, y, eps, key, *, preset, norm):
-  """Correctness of ``target_fn`` on the preset's examples crafted on ``source_fn``."""
+def _preset_adv(fn, x, y, eps, key, *, preset, norm):
+  """The preset's adversarial batch (used to craft transfer examples)."""
   with jax.default_matmul_precision("highest"):
-    x_adv = _run_preset(source_fn, x, y, eps, key, preset, norm)
-    return jnp.argmax(target_fn(x_adv), axis=-1) == y
+    return _run_preset(fn, x, y, eps, key, preset, norm)
 
 
 @functools.partial(jax.jit, static_argnames=("norm",))
@@ -135,7 +134,7 @@ def compile_counts() -> dict[str, int]:
   """Cache sizes of the jitted kernels (tests use them to prove nothing recompiles)."""
   return {"clean": _clean_correct._cache_size(),  # pylint: disable=protected-access
           "preset": _preset_correct._cache_size(),  # pylint: disable=protected-access
-          "transfer": _transfer_correct._cache_size(),  # pylint: disable=protected-access
+          "transfer": _preset_adv._cache_size(),  # pylint: disable=protected-access
           "sanity": _sanity_batch._cache_size()}  # pylint: disable=protected-access
 
 
@@ -194,35 +193,37 @@ def preset_correct(fn: Partial, x, y, *, eps: float, preset: presets_lib.Preset,
                                         preset=preset, norm=norm), x, y, batch_size)
 
 
-def transfer_correct(source_fn: Partial, target_fn: Partial, x, y, *, eps: float,
-                     preset: presets_lib.Preset, norm: str, seed: int,
-                     batch_size: int) -> np.ndarray:
-  """Per-example correctness of the target on examples crafted on the source."""
-  transfer = _transfer_module()
-  if transfer is not None and hasattr(transfer, "transfer_attack"):
-    return _library_transfer(transfer, source_fn, target_fn, x, y, eps=eps, preset=preset,
-                             norm=norm, seed=seed, batch_size=batch_size)
-  base = jax.random.fold_in(jax.random.PRNGKey(seed), _stable_id("transfer"))
+def preset_adversarial(fn: Partial, x, y, *, eps: float, preset: presets_lib.Preset,
+                       norm: str, seed: int, batch_size: int,
+                       salt: str = "transfer") -> np.ndarray:
+  """The preset's adversarial examples for all of ``x`` (numpy, padded batches)."""
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), _stable_id(salt))
   e = jnp.float32(eps)
   return _map_batches(
-      lambda i, xb, yb: _transfer_correct(source_fn, target_fn, xb, yb, e,
-                                          jax.random.fold_in(base, i), preset=preset,
-                                          norm=norm), x, y, batch_size)
+      lambda i, xb, yb: _preset_adv(fn, xb, yb, e, jax.random.fold_in(base, i),
+                                    preset=preset, norm=norm), x, y, batch_size)
 
 
-def _transfer_module():
-  """``kdrobust.attacks.transfer`` if it exists in this checkout, else None."""
-  try:
-    from kdrobust.attacks import transfer  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return transfer
+def transfer_correct(source_fn: Partial, target_fn: Partial, x, y, *, eps: float,
+                     preset: presets_lib.Preset, norm: str, seed: int, batch_size: int
+                     ) -> tuple[np.ndarray, float]:
+  """Target correctness on the preset's examples crafted on the source, and the
+  source's own (white-box) accuracy on them.
 
+  Goes through :func:`kdrobust.attacks.transfer.transfer_attack` with every
+  point attacked (``only_correct=False``) so the figure has the same
+  denominator as the white-box attacks.
+  """
+  transfer = importlib.import_module("kdrobust.attacks.transfer")
 
-def _library_transfer(transfer, source_fn, target_fn, x, y, *, eps, preset, norm, seed,
-                      batch_size):
-  """Placeholder adapter, replaced once ``kdrobust.attacks.transfer`` is final."""
-  raise NotImplementedError
+  def craft(src, xs, ys, key):
+    del key  # the seed is folded in by preset_adversarial
+    return preset_adversarial(src, xs, ys, eps=eps, preset=preset, norm=norm, seed=seed,
+                              batch_size=batch_size)
+
+  res = transfer.transfer_attack(source_fn, {"target": target_fn}, x, y, attack=craft,
+                                 only_correct=False, batch_size=batch_size)
+  return np.asarray(res.target_correct["target"], bool), float(res.source_accuracy)
 
 
 def sanity_checks(fn: Partial, x, y, *, eps: float, norm: str, seed: int,
@@ -257,82 +258,64 @@ def _stable_id(name: str) -> int:
 # AutoAttack.
 # ----------------------------------------------------------------------------
 def run_autoattack(fn: Partial, x, y, *, eps: float, norm: str, version: str, seed: int,
-                   batch_size: int, progress: bool = True, desc: str = "AutoAttack"
+                   batch_size: int, progress: bool = True, desc: str = "AA"
                    ) -> dict[str, Any]:
-  """AutoAttack (:mod:`kdrobust.attacks.autoattack`) with a tqdm progress bar.
+  """AutoAttack (:func:`kdrobust.attacks.autoattack.autoattack`), with tqdm bars.
 
-  Returns ``{'robust': bool[N], 'clean_acc', 'robust_acc', 'stages':
-  [{'attack', 'robust_acc'}], 'warnings': [str], 'reeval_acc'}``; the
-  re-evaluation forwards the returned ``x_adv`` again (attacks.md P2).
+  Returns ``{'robust': bool[N], 'version', 'clean_acc', 'robust_acc',
+  'stages': [{'attack', 'robust_acc'}], 'warnings', 'timings_s',
+  'max_perturbation', 'reeval_acc', 'reeval_mismatch'}``. The re-evaluation
+  forwards the returned ``x_adv`` again and compares with AutoAttack's flags
+  (attacks.md P2).
   """
-  from kdrobust.attacks import autoattack as aa_lib  # pylint: disable=g-import-not-at-top
-  kwargs = dict(eps=eps, norm=presets_lib.NORMS[norm], version=version, seed=seed,
-                batch_size=batch_size)
-  params = inspect.signature(aa_lib.autoattack).parameters
-  bar = _progress_bar(desc, progress)
-  if bar is not None and "progress" in params:
-    kwargs["progress"] = _tqdm_callback(bar)
+  # The package re-exports the function under the module's name: import the module.
+  aa_lib = importlib.import_module("kdrobust.attacks.autoattack")
+  callback, close = _stage_bars(desc) if progress else (None, lambda: None)
   try:
     with jax.default_matmul_precision("highest"):
-      res = aa_lib.autoattack(fn, np.asarray(x), np.asarray(y), **kwargs)
+      res = aa_lib.autoattack(fn, np.asarray(x), np.asarray(y), eps=eps,
+                              norm=presets_lib.NORMS[norm], version=version, seed=seed,
+                              batch_size=batch_size, progress=callback)
   finally:
-    if bar is not None:
-      bar.close()
-  robust = np.asarray(_field(res, "robust"), bool)
-  x_adv = np.asarray(_field(res, "x_adv"))
-  reeval = clean_correct(fn, x_adv, np.asarray(y), batch_size)
-  stages = _field(res, "stages", "stage_robust_accuracy", "robust_accuracy_per_attack",
-                  default=[])
+    close()
+  robust = np.asarray(res.robust, bool)
+  reeval = clean_correct(fn, np.asarray(res.x_adv, np.float32), np.asarray(y), batch_size)
   return {"version": version, "robust": robust,
-          "clean_acc": float(_field(res, "clean_accuracy")),
-          "robust_acc": float(_field(res, "robust_accuracy")),
-          "stages": _stage_list(stages),
-          "warnings": [str(w) for w in _field(res, "warnings", default=[])],
+          "clean_acc": float(res.clean_accuracy), "robust_acc": float(res.robust_accuracy),
+          "stages": [{"attack": str(k), "robust_acc": float(v)}
+                     for k, v in res.stage_accuracy.items()],
+          "warnings": [str(w) for w in res.warnings],
+          "timings_s": {k: round(float(v), 3) for k, v in res.timings.items()},
+          "max_perturbation": float(res.max_perturbation),
           "reeval_acc": float(reeval.mean()),
           "reeval_mismatch": int((reeval != robust).sum())}
 
 
-def _field(res, *names, default=None):
-  """The first of ``names`` present on ``res`` (attribute or key)."""
-  for n in names:
-    if isinstance(res, dict) and n in res:
-      return res[n]
-    if hasattr(res, n):
-      return getattr(res, n)
-  if default is not None:
-    return default
-  raise AttributeError(f"AutoAttack result has none of {names}.")
-
-
-def _stage_list(stages) -> list[dict[str, Any]]:
-  """Normalise the per-stage figures to ``[{'attack': name, 'robust_acc': value}]``."""
-  if isinstance(stages, dict):
-    items = list(stages.items())
-  else:
-    items = [(s[0], s[1]) if isinstance(s, (tuple, list)) else
-             (_field(s, "attack", "name"), _field(s, "robust_acc", "robust_accuracy"))
-             for s in stages]
-  return [{"attack": str(k), "robust_acc": float(v)} for k, v in items]
-
-
-def _progress_bar(desc: str, enabled: bool):
-  """A tqdm bar on stderr with ETA, or None when disabled."""
-  if not enabled:
-    return None
+def _stage_bars(desc: str):
+  """``(callback, close)``: one tqdm bar (rate, ETA) per AutoAttack stage, on stderr."""
   import sys  # pylint: disable=g-import-not-at-top
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(total=None, desc=desc, unit="pt", dynamic_ncols=True, file=sys.stderr,
-              smoothing=0.1)
+  bars: dict[str, Any] = {}
 
-
-def _tqdm_callback(bar) -> Callable[..., None]:
-  """Adapt tqdm to AutoAttack's ``progress(done, total)`` callback."""
-  def update(done, total=None, *_, **__):
-    if total is not None and total != bar.total:
-      bar.total = int(total)
-    bar.n = int(done)
+  def callback(ev):
+    bar = bars.get(ev.stage)
+    if bar is None:
+      for other in bars.values():
+        other.close()
+      bar = bars[ev.stage] = tqdm(total=max(ev.total, 1), unit="pt", file=sys.stderr,
+                                  dynamic_ncols=True, smoothing=0.1,
+                                  desc=f"{desc} [{ev.stage_index + 1}/{ev.n_stages}] "
+                                  f"{ev.stage}")
+    bar.total = max(ev.total, ev.done, 1)
+    bar.n = ev.done
+    bar.set_postfix(robust=f"{ev.robust_accuracy:.2%}", refresh=False)
     bar.refresh()
-  return update
+
+  def close():
+    for bar in bars.values():
+      bar.close()
+
+  return callback, close
 
 
 # ----------------------------------------------------------------------------
@@ -393,7 +376,7 @@ def _evaluate_eps(fn, src, x, y, clean, *, value, label, attacks, norm, aa_versi
     if name == "aa":
       aa = run_autoattack(fn, x, y, eps=value, norm=norm, version=aa_version, seed=seed,
                           batch_size=batch_size, progress=progress,
-                          desc=f"AutoAttack {aa_version} eps {label}")
+                          desc=f"AA {aa_version} eps {label}")
       flags[name] = aa.pop("robust")
       entry["autoattack"] = aa
     else:
@@ -404,11 +387,15 @@ def _evaluate_eps(fn, src, x, y, clean, *, value, label, attacks, norm, aa_versi
     say(f"eps {label}: {name} {acc[name]:.4f} ({times[name]:.1f}s)")
   if src is not None:
     t0 = time.time()
-    flags["transfer"] = transfer_correct(src, fn, x, y, eps=value,
-                                         preset=presets_lib.PRESETS["pgd20"], norm=norm,
-                                         seed=seed, batch_size=batch_size)
+    on_adv, source_acc = transfer_correct(src, fn, x, y, eps=value,
+                                          preset=presets_lib.PRESETS["pgd20"], norm=norm,
+                                          seed=seed, batch_size=batch_size)
+    flags["transfer"] = on_adv & clean  # robust-accuracy semantics: denominator N
     times["transfer"] = time.time() - t0
     acc["transfer"] = float(flags["transfer"].mean())
+    entry["transfer"] = {"attack": "pgd20 crafted on the source model",
+                         "source_acc": source_acc,
+                         "target_acc_on_adv": float(on_adv.mean())}
     say(f"eps {label}: transfer (PGD-20 on the source) {acc['transfer']:.4f}")
   worst = np.logical_and.reduce([flags[k] for k in flags])
   entry.update(accuracy=acc, worst_case=float(worst.mean()),

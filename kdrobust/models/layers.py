@@ -66,7 +66,7 @@ def batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm
 def conv(features: int, kernel: int, stride: int = 1, padding: Any = None,
          dtype: Any = jnp.float32, name: str | None = None,
          use_bias: bool = False, groups: int = 1) -> nn.Conv:
-  """Bias-free ``kernel x kernel`` conv with explicit PyTorch-style padding.
+  """``kernel x kernel`` conv (bias-free by default) with explicit PyTorch-style padding.
 
   ``padding=None`` means PyTorch's symmetric ``padding=kernel // 2``; pass an
   explicit ``((top, bottom), (left, right))`` for anything else (e.g. the

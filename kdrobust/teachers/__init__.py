@@ -112,15 +112,10 @@ def load(name: str, tc) -> Teacher:
                        f"to its architecture (one of {', '.join(models.available())}).")
   kw = dict(tc.get("kwargs", {}) or {})
   sd = torch_io.load_torch_state_dict(tc.path)
-  variables = torch_io.torch_to_flax(sd, tc.model, int(tc.num_classes) or None, **kw)
-  n = _num_classes_of(variables)
-  module = models.get(tc.model, num_classes=n, dtype=dtype, **kw)
-  return Teacher(name, module, variables, n, f"torch:{os.path.abspath(tc.path)}")
-
-
-def _num_classes_of(variables) -> int:
-  leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
-  return int(leaves[-1][1].shape[-1])
+  # Normalisation buffers in the state_dict (DeepMind models) are adopted.
+  res = torch_io.convert_state_dict(sd, tc.model, int(tc.num_classes) or None, **kw)
+  module = models.get(tc.model, num_classes=res.num_classes, dtype=dtype, **res.model_kw)
+  return Teacher(name, module, res.variables, res.num_classes, f"torch:{os.path.abspath(tc.path)}")
 
 
 def _load_run(name: str, tc, dtype: str) -> Teacher:

@@ -73,20 +73,16 @@ def load_variables(path: str) -> dict:
 
 
 def _jsonable_kw(kw: dict) -> dict:
-  out = {}
-  for k, v in kw.items():
-    if isinstance(v, tuple):
-      v = list(v)
-    out[k] = v
-  return out
+  def conv(v):
+    return [conv(x) for x in v] if isinstance(v, (tuple, list)) else v
+  return {k: conv(v) for k, v in kw.items()}
 
 
 def _model_kw_from_json(kw: dict) -> dict:
-  out = dict(kw)
-  for k in ("mean", "std"):
-    if out.get(k) is not None:
-      out[k] = tuple(out[k])
-  return out
+  """JSON lists back to (nested) tuples, as the model attributes are declared."""
+  def conv(v):
+    return tuple(conv(x) for x in v) if isinstance(v, list) else v
+  return {k: conv(v) for k, v in kw.items()}
 
 
 def convert_file(input_path: str, output_dir: str, arch: str, num_classes: int | None,
@@ -187,7 +183,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
   """CLI entry point; returns the process exit status."""
   args = _parse(argv)
-  kw: dict[str, Any] = json.loads(args.model_kwargs) if args.model_kwargs else {}
+  kw: dict[str, Any] = (_model_kw_from_json(json.loads(args.model_kwargs))
+                        if args.model_kwargs else {})
   for name in ("variant", "activation", "depth", "width"):
     if getattr(args, name) is not None:
       kw[name] = getattr(args, name)

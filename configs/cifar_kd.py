@@ -1,0 +1,77 @@
+"""Standard KD (Hinton et al. 2015) from a robust teacher on clean CIFAR inputs: a baseline.
+
+    python -m kdrobust.main --config configs/cifar_kd.py --workdir runs/c10_mnv2_trades_kd
+    python -m kdrobust.main --config configs/cifar_kd.py:dataset=cifar100,student=resnet18,teacher=bdm \
+        --workdir runs/c100_r18_bdm_kd
+
+Args: ``dataset=cifar10|cifar100``, ``student=mobilenet_v2|resnet18``,
+``teacher=`` (default ``trades`` on CIFAR-10, ``ltd`` on CIFAR-100; any
+teacher of ``paper_settings.TEACHERS``), ``temperature=<float>`` (default 1),
+``teacher_path=<file or dir>``. Defaults: KDIGA's setting (its code's ``kd``
+baseline), MobileNetV2 student, TRADES WRN-34-10 teacher, CIFAR-10.
+
+Teacher: ``teachers/<dataset>/Linf/<RobustBench id>.pt`` (RobustBench's
+``model_dir='teachers'`` layout; needs torch) or ``teacher_path`` (a ``.pt``, a
+``python -m kdrobust.teachers.convert`` directory or a kdrobust run). CHOICE,
+UNCONFIRMED: the CIFAR-100 default teacher (LTD WRN-34-10), as in
+configs/cifar_kdiga.py.
+
+Recipe (methods.md 3.1; RulinShao/AdversariallyRobustDistillation@12e774f
+main.py ``distill_method='kd'``, the baseline next to KDIGA): SGD lr 0.1,
+momentum 0.9, weight decay 2e-4, 200 epochs, lr x0.1 at 100 and 150, batch 128
+(CIFAR-10) / 256 (CIFAR-100), pad-4 crop + flip, raw [0, 1] pixels
+(``model.normalize = False``). Loss on clean inputs only:
+(1 - alpha) CE(S(x), y) + alpha tau^2 KL_elemmean(p_T^tau(x) || p_S^tau(x)),
+alpha = 0.5, tau = 1 (the CIFAR KD literature often uses tau = 4, not from our
+sources: ``temperature=4``). Evaluation while training: PGD-20 at 8/255 every
+5 epochs (expect little robustness: KD on clean inputs transfers little).
+
+Targets: none in methods.md (KDIGA's tables are UNCONFIRMED).
+"""
+
+import os
+import sys
+
+from kdrobust import config_lib
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+  sys.path.insert(0, _HERE)
+import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+DEFAULT_TEACHER = {"cifar10": "trades", "cifar100": "ltd"}
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, dataset="cifar10", student="mobilenet_v2", teacher="",
+                           temperature=1.0, teacher_path="")
+  ps.choice("dataset", a.dataset, ps.DATASETS)
+  ps.choice("student", a.student, ps.STUDENTS)
+  t = ps.teacher(a.dataset, a.teacher or DEFAULT_TEACHER[a.dataset])
+  r = ps.recipe("kd", "official")
+  c = config_lib.base_config()
+  c.num_epochs = r["epochs"]
+  c.data.name = a.dataset
+  c.data.batch_size = r["batch_size"][a.dataset]
+  c.data.eval_batch_size = 400
+  c.model.name = a.student
+  c.model.normalize = False
+  c.method = config_lib.method_config("kd", alpha=0.5, temperature=a.temperature,
+                                      reduction="elemmean")
+  c.teachers = {"teacher": config_lib.teacher_config(
+      a.teacher_path or t["file"], model=t["arch"], num_classes=t["num_classes"],
+      **t["kwargs"])}
+  c.optim.lr = 0.1
+  c.optim.weight_decay = r["weight_decay"]
+  c.optim.schedule = "piecewise"
+  c.optim.decay_epochs = r["decay_epochs"]
+  c.eval.eps = 8 / 255
+  c.eval.every_epochs = 5
+  c.log_every_steps = 100
+  return c
+
+
+def arg_combinations():
+  """Every setting this file documents (the tests build each one)."""
+  out = [f"dataset={d},student={s}" for d, s in ps.settings(ps.DATASETS, ps.STUDENTS)]
+  return out + ["dataset=cifar100,student=resnet18,teacher=bdm", "temperature=4"]

@@ -1,0 +1,92 @@
+"""KDIGA (Shao, Yi, Chen, Hsieh; arXiv 2110.12072): KD with input gradient alignment, CIFAR.
+
+    python -m kdrobust.main --config configs/cifar_kdiga.py --workdir runs/c10_mnv2_trades_kdiga
+    python -m kdrobust.main --config configs/cifar_kdiga.py:variant=kdiga_ard \
+        --workdir runs/c10_mnv2_trades_kdiga_ard
+    python -m kdrobust.main --config configs/cifar_kdiga.py:dataset=cifar100,student=resnet18 \
+        --workdir runs/c100_r18_ltd_kdiga
+
+Args: ``variant=kdiga|kdiga_ard``, ``dataset=cifar10|cifar100``,
+``student=mobilenet_v2|resnet18``, ``teacher=`` (default ``trades`` on
+CIFAR-10, ``ltd`` on CIFAR-100; any adversarial teacher of
+``paper_settings.TEACHERS`` is accepted), ``teacher_path=<file or dir>``.
+Defaults: the author code's default setting, MobileNetV2 student, TRADES
+WRN-34-10 teacher, CIFAR-10.
+
+Teacher: ``teachers/<dataset>/Linf/<RobustBench id>.pt`` (RobustBench's
+``model_dir='teachers'`` layout; needs torch) or ``teacher_path`` (a ``.pt``, a
+``python -m kdrobust.teachers.convert`` directory or a kdrobust run). trades
+= Zhang2019Theoretically (the TRADES release ``model_cifar_wrn.pt`` the code
+loads from ``../checkpoint/trades/``). CHOICE, UNCONFIRMED: the code's
+CIFAR-100 teacher is not recorded in methods.md; we use LTD WRN-34-10
+(Chen2021LTD_WRN34_10), the same architecture and input convention.
+
+Recipe (methods.md 4, RulinShao/AdversariallyRobustDistillation@12e774f
+main.py): SGD lr 0.1, momentum 0.9, weight decay 2e-4, 200 epochs, lr x0.1 at
+100 and 150, batch 128 (CIFAR-10) / 256 (CIFAR-100), pad-4 crop + flip, raw
+[0, 1] pixels (``model.normalize = False``). Loss, all at the clean x:
+alpha tau^2 KL_elemmean(p_T^tau || p_S^tau) + (1 - alpha) CE(S(x), y)
++ (gamma / B) ||grad_x meanCE(S(x), y) - grad_x meanCE(T(x), y)||_2 with
+alpha = 0.5, tau = 1, gamma = 0.5 (the final code's defaults; the paper's
+gamma is UNCONFIRMED, earlier commits used 1 ... 1000), double back-prop
+through the student's input gradient. ``variant=kdiga_ard``: the KD term on
+ARD points x' = PGD(CE(S(.), y)), 10 steps of 1.6/255 (the code's 16/255/10) in
+the 8/255 ball from a uniform start, teacher on x', same gradient term at x.
+Evaluation while training: PGD-20 (step 2/255) at 8/255 every 5 epochs (the
+KDIGA code evaluates PGD-20 with step 2 eps / 20 and AutoAttack on the first
+1000 test images: ``python -m kdrobust.evaluate --num_examples 1000``).
+
+Targets: none. All KDIGA numbers are UNCONFIRMED (methods.md 4.3, 9.5: the
+paper body was not readable).
+"""
+
+import os
+import sys
+
+from kdrobust import config_lib
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+  sys.path.insert(0, _HERE)
+import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+VARIANTS = ("kdiga", "kdiga_ard")
+DEFAULT_TEACHER = {"cifar10": "trades", "cifar100": "ltd"}
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, variant="kdiga", dataset="cifar10", student="mobilenet_v2",
+                           teacher="", teacher_path="")
+  ps.choice("variant", a.variant, VARIANTS)
+  ps.choice("dataset", a.dataset, ps.DATASETS)
+  ps.choice("student", a.student, ps.STUDENTS)
+  t = ps.adversarial_teacher(a.dataset, a.teacher or DEFAULT_TEACHER[a.dataset])
+  r = ps.recipe(a.variant, "official")
+  c = config_lib.base_config()
+  c.num_epochs = r["epochs"]
+  c.data.name = a.dataset
+  c.data.batch_size = r["batch_size"][a.dataset]
+  c.data.eval_batch_size = 400
+  c.model.name = a.student
+  c.model.normalize = False
+  hparams = {"alpha": 0.5, "temperature": 1.0, "gamma": 0.5, "reduction": "elemmean"}
+  if r["attack"]:
+    hparams["attack"] = r["attack"]
+  c.method = config_lib.method_config(a.variant, **hparams)
+  c.teachers = {"teacher": config_lib.teacher_config(
+      a.teacher_path or t["file"], model=t["arch"], num_classes=t["num_classes"],
+      **t["kwargs"])}
+  c.optim.lr = 0.1
+  c.optim.weight_decay = r["weight_decay"]
+  c.optim.schedule = "piecewise"
+  c.optim.decay_epochs = r["decay_epochs"]
+  c.eval.eps = 8 / 255
+  c.eval.every_epochs = 5
+  c.log_every_steps = 100
+  return c
+
+
+def arg_combinations():
+  """Every setting this file documents (the tests build each one)."""
+  return [f"variant={v},dataset={d},student={s}"
+          for v, d, s in ps.settings(VARIANTS, ps.DATASETS, ps.STUDENTS)]

@@ -1,0 +1,113 @@
+"""MTARD (Zhao et al., ECCV 2022): two teachers, adversarial and natural, on CIFAR-10/100.
+
+    python -m kdrobust.main --config configs/cifar_natural.py --workdir runs/cifar10_natural_wrn34_10
+    python -m kdrobust.main --config configs/cifar_mtard.py --workdir runs/c10_r18_mtard
+    python -m kdrobust.main --config configs/cifar_mtard.py:natural=standard \
+        --workdir runs/c10_r18_mtard_std       # RobustBench 'Standard' WRN-28-10 as T_nat
+    python -m kdrobust.main --config configs/cifar_natural.py:dataset=cifar100 \
+        --workdir runs/cifar100_natural_wrn34_10
+    python -m kdrobust.main --config configs/cifar_mtard.py:dataset=cifar100 --workdir runs/c100_r18_mtard
+
+Args: ``dataset=cifar10|cifar100``, ``student=resnet18|mobilenet_v2``,
+``teacher=`` adversarial teacher (default: MTARD's/RSLAD's, ``trades`` on
+CIFAR-10, ``gowal70`` on CIFAR-100; any adversarial teacher of
+``paper_settings.TEACHERS`` is accepted), ``natural=wrn34_10|standard``,
+``teacher_path=``, ``natural_path=`` (files or directories overriding the
+defaults below).
+
+Teachers, in this order (``config.teachers``: 0 = adversarial, 1 = natural):
+
+* ``adversarial``: ``teachers/<dataset>/Linf/<RobustBench id>.pt``
+  (RobustBench's ``model_dir='teachers'`` layout; needs torch) or
+  ``teacher_path``. trades = Zhang2019Theoretically (the TRADES release
+  WRN-34-10), gowal70 = Gowal2020Uncovering (DeepMind WRN-70-16 without extra
+  data).
+* ``natural``: UNCONFIRMED which checkpoint the paper used (the code loads a
+  ``wideresnet()`` for both teachers). CHOICE: ``natural=wrn34_10`` (default)
+  = a naturally trained WRN-34-10 (the adversarial teacher's architecture; no
+  public checkpoint exists), trained with configs/cifar_natural.py into
+  ``runs/<dataset>_natural_wrn34_10`` (first command above; ``natural_path``
+  to use another run), read at its latest checkpoint. ``natural=standard`` (CIFAR-10 only): RobustBench's
+  naturally trained WRN-28-10 ``Standard`` (94.78% clean),
+  ``teachers/cifar10/Linf/Standard.pt``.
+
+Recipe (methods.md 3.7, zhaoshiji123/MTARD mtard_loss.py,
+mtard_resnet18_cifar10/100.py): SGD lr 0.1, momentum 0.9, weight decay 2e-4,
+batch 128, 300 epochs, lr x0.1 at 215, 260, 285; pad-4 crop + flip; raw
+[0, 1] pixels (``model.normalize = False``). Inner: student-only CE PGD, 10
+steps of 2/255 in the 8/255 ball from x + 0.001 N(0, I). Outer:
+w_adv KL(p_{T_adv}(x') || p_S(x')) + w_nat KL(p_{T_nat}(x) || p_S(x)), each KL
+with RSLAD's reduction (``batchmean`` x ``scale = 0.1`` on both datasets);
+w_nat starts at 0.5 and follows w_nat <- w_nat - 0.025 (w_nat - r_n / (r_a +
+r_n)), r = (L / L_first_batch)^1, w_adv = 1 - w_nat, with the weight step 0.025
+decayed x0.1 together with the lr (at 215, 260, 285). Evaluation while
+training: PGD-20 at 8/255 on the test set every 5 epochs.
+
+Targets: none. methods.md section 9 has no MTARD numbers (the MTARD paper body
+was not readable); compare with RSLAD (configs/cifar_rslad.py
+``protocol=official``), which uses the same adversarial teachers.
+"""
+
+import os
+import sys
+
+from kdrobust import config_lib
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+  sys.path.insert(0, _HERE)
+import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+ADV_TEACHER = {"cifar10": "trades", "cifar100": "gowal70"}
+NATURAL = {"cifar10": ("wrn34_10", "standard"), "cifar100": ("wrn34_10",)}
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, dataset="cifar10", student="resnet18", teacher="",
+                           natural="wrn34_10", teacher_path="", natural_path="")
+  ps.choice("dataset", a.dataset, ps.DATASETS)
+  ps.choice("student", a.student, ps.STUDENTS)
+  ps.choice(f"natural teacher for {a.dataset}", a.natural, NATURAL[a.dataset])
+  t = ps.adversarial_teacher(a.dataset, a.teacher or ADV_TEACHER[a.dataset])
+  r = ps.recipe("mtard", "official")
+  c = config_lib.base_config()
+  c.num_epochs = r["epochs"]
+  c.data.name = a.dataset
+  c.data.batch_size = r["batch_size"][a.dataset]
+  c.data.eval_batch_size = 400
+  c.model.name = a.student
+  c.model.normalize = False
+  c.method = config_lib.method_config(
+      "mtard", reduction="batchmean", scale=0.1, weight_lr=0.025,
+      weight_lr_decay_epochs=r["decay_epochs"], weight_lr_decay_factor=0.1, b=1.0,
+      attack=r["attack"])
+  if a.natural == "standard":
+    n = ps.teacher(a.dataset, "standard")
+    natural = config_lib.teacher_config(a.natural_path or n["file"], model=n["arch"],
+                                        num_classes=n["num_classes"], **n["kwargs"])
+  else:  # a kdrobust run of configs/cifar_natural.py (or a converted directory)
+    # ``latest``: a natural run's "best" checkpoint (by PGD-20) is meaningless.
+    natural = config_lib.teacher_config(
+        a.natural_path or f"runs/{a.dataset}_natural_{a.natural}", which="latest")
+  # ConfigDict iterates keys in sorted order: "adversarial" < "natural" keeps
+  # MTARD's order (teacher 0 = T_adv, teacher 1 = T_nat).
+  c.teachers = {
+      "adversarial": config_lib.teacher_config(
+          a.teacher_path or t["file"], model=t["arch"], num_classes=t["num_classes"],
+          **t["kwargs"]),
+      "natural": natural,
+  }
+  c.optim.lr = 0.1
+  c.optim.weight_decay = r["weight_decay"]
+  c.optim.schedule = "piecewise"
+  c.optim.decay_epochs = r["decay_epochs"]
+  c.eval.eps = 8 / 255
+  c.eval.every_epochs = 5
+  c.log_every_steps = 100
+  return c
+
+
+def arg_combinations():
+  """Every setting this file documents (the tests build each one)."""
+  return [f"dataset={d},student={s},natural={n}"
+          for d, s in ps.settings(ps.DATASETS, ps.STUDENTS) for n in NATURAL[d]]

@@ -1,0 +1,301 @@
+"""``python -m kdrobust.evaluate``: the library call, the JSON file, the CLI, the warnings.
+
+One tiny run (tiny_cnn on the synthetic 8x8 dataset, 2 steps) is trained in
+the test; every evaluation uses at most 32 test points.
+"""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdrobust import evaluate
+from kdrobust import train
+from kdrobust.evaluation import masking
+from kdrobust.evaluation import presets
+from kdrobust.evaluation import report
+from kdrobust.evaluation import runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_test import tiny_config  # noqa: E402  pylint: disable=g-import-not-at-top
+
+EPS = "2/255,0.1"
+TOP_FIELDS = ("format", "name", "workdir", "checkpoint", "dataset", "model", "norm", "eps",
+              "eps_str", "num_examples", "clean_acc", "autoattack_acc", "robust_acc",
+              "worst_case_acc", "robustbench", "attacks", "aa_version", "presets", "seed",
+              "batch_size", "per_eps", "versions", "device", "precision", "batch_norm",
+              "warnings", "created", "time_s")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(tiny_config(total_steps=2), d)
+  return d
+
+
+@pytest.fixture(scope="module")
+def record(run_dir):
+  return evaluate.evaluate_run(run_dir, eps=EPS, num_examples=32, batch_size=16,
+                               progress=False, log=None)
+
+
+def _accuracies(rec):
+  for e in rec["per_eps"]:
+    yield from e["accuracy"].values()
+    yield e["worst_case"]
+    for st in e.get("autoattack", {}).get("stages", []):
+      yield st["robust_acc"]
+
+
+# ----------------------------------------------------------------------------
+# The record and the JSON file.
+# ----------------------------------------------------------------------------
+def test_record_fields_and_json(record, run_dir):
+  for k in TOP_FIELDS:
+    assert k in record, k
+  assert record["num_examples"] == 32
+  assert record["checkpoint"]["step"] == 2
+  assert record["norm"] == "Linf"
+  assert record["eps_str"] == "0.1" and record["eps"] == pytest.approx(0.1)  # config.eval.eps
+  assert [e["eps_str"] for e in record["per_eps"]] == ["2/255", "0.1"]
+  assert record["per_eps"][0]["eps"] == 2 / 255
+  assert set(record["versions"]) >= {"kdrobust", "jax", "flax"}
+  assert record["robustbench"]["clean_acc"] == f"{100 * record['clean_acc']:.2f}"
+  path = os.path.join(run_dir, "eval", record["name"] + ".json")
+  assert record["path"] == path
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved["clean_acc"] == record["clean_acc"]
+  assert saved["per_eps"] == json.loads(json.dumps(record["per_eps"]))
+  assert all(0.0 <= a <= 1.0 for a in _accuracies(record))
+
+
+def test_attack_ordering(record):
+  for e in record["per_eps"]:
+    acc = e["accuracy"]
+    assert set(acc) == {"clean", "fgsm", "pgd20", "cw", "aa"}
+    assert acc["aa"] <= acc["clean"]  # AutoAttack only removes clean-correct points
+    assert e["worst_case"] <= min(acc.values())
+    aa = e["autoattack"]
+    assert aa["clean_acc"] == pytest.approx(acc["clean"])
+    assert aa["robust_acc"] == pytest.approx(acc["aa"])
+    stages = [s["robust_acc"] for s in aa["stages"]]
+    assert stages and all(b <= a + 1e-9 for a, b in zip(stages, stages[1:]))
+    assert stages[-1] == pytest.approx(acc["aa"])
+    assert aa["reeval_mismatch"] == 0  # deterministic, inference-mode model (P2)
+  assert record["autoattack_acc"] == record["per_eps"][1]["accuracy"]["aa"]
+
+
+def test_refuses_to_overwrite(record, run_dir):
+  with pytest.raises(report.OutputExistsError, match="--overwrite"):
+    evaluate.evaluate_run(run_dir, eps=EPS, num_examples=32, batch_size=16, progress=False,
+                          log=None)
+  kw = dict(eps="0.1", num_examples=8, attacks="clean", name="mine", progress=False, log=None)
+  first = evaluate.evaluate_run(run_dir, **kw)
+  with pytest.raises(report.OutputExistsError):
+    evaluate.evaluate_run(run_dir, **kw)
+  again = evaluate.evaluate_run(run_dir, overwrite=True, **kw)
+  assert again["clean_acc"] == first["clean_acc"]
+
+
+def test_bad_inputs_fail_before_compute(run_dir, tmp_path):
+  with pytest.raises(ValueError, match="Unknown attack"):
+    evaluate.evaluate_run(run_dir, attacks="clean,pgd7", log=None)
+  with pytest.raises(ValueError, match="best, latest or a step"):
+    evaluate.evaluate_run(run_dir, checkpoint="newest", log=None)
+  with pytest.raises(ValueError, match="no checkpoint at step 7"):
+    evaluate.evaluate_run(run_dir, checkpoint=7, log=None)
+  with pytest.raises(ValueError, match="not a kdrobust run"):
+    evaluate.evaluate_run(str(tmp_path), log=None)
+  with pytest.raises(ValueError, match="Bad epsilon"):
+    evaluate.evaluate_run(run_dir, eps="8/two", log=None)
+
+
+def test_plot_needs_matplotlib(run_dir):
+  try:
+    import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    with pytest.raises(ValueError, match="matplotlib"):
+      evaluate.evaluate_run(run_dir, plot=True, log=None)
+    return
+  rec = evaluate.evaluate_run(run_dir, eps=EPS, num_examples=8, attacks="clean,fgsm",
+                              plot=True, progress=False, log=None)
+  assert os.path.getsize(rec["plot"]) > 0
+
+
+# ----------------------------------------------------------------------------
+# Loading, inference mode, no recompilation.
+# ----------------------------------------------------------------------------
+def test_load_run_inference_mode(run_dir):
+  module, variables, config, step = evaluate.load_run(run_dir, "latest")
+  assert step == 2 and config.model.name == "tiny_cnn"
+  assert set(variables) <= {"params", "batch_stats"}
+  x, y = evaluate.load_test_data(config, 16)
+  assert x.shape == (16, 8, 8, 1) and y.shape == (16,)
+  fn = runner.flax_logits_fn(module, variables)
+  # Outputs do not depend on the batch composition (batch norm in inference mode, P1).
+  np.testing.assert_allclose(np.asarray(fn(x[:4])), np.asarray(fn(x))[:4], rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_nothing_recompiles_across_batches_and_eps(run_dir):
+  module, variables, config, _ = evaluate.load_run(run_dir, "latest")
+  x, y = evaluate.load_test_data(config, 24)
+  fn = runner.flax_logits_fn(module, variables)
+  before = runner.compile_counts()
+  res = runner.evaluate_arrays(fn, x, y, eps="1/255,2/255,0.1", attacks="clean,fgsm",
+                               batch_size=8, progress=False, log=None)  # 3 batches x 3 eps
+  after = runner.compile_counts()
+  assert {k: after[k] - before[k] for k in after} == {
+      "clean": 1, "preset": 1, "transfer": 0, "sanity": 1}
+  assert len(res["per_eps"]) == 3
+
+
+def test_transfer_from_another_run(run_dir):
+  rec = evaluate.evaluate_run(run_dir, eps="0.1", num_examples=16, attacks="clean,pgd20",
+                              transfer_from=run_dir, write=False, progress=False, log=None)
+  acc = rec["per_eps"][0]["accuracy"]
+  assert 0.0 <= acc["transfer"] <= 1.0
+  assert rec["transfer_from"]["step"] == 2
+
+
+# ----------------------------------------------------------------------------
+# The CLI.
+# ----------------------------------------------------------------------------
+def test_cli_prints_table(run_dir):
+  cmd = [sys.executable, "-m", "kdrobust.evaluate", f"--workdir={run_dir}",
+         "--attacks=clean,pgd20", "--num_examples=16", "--eps=4/255,0.1", "--no_progress"]
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "PGD-20" in out.stdout and "4/255" in out.stdout and "Wrote" in out.stdout
+  name = "best-step2_linf_eps4-255_0.1_n16_clean-pgd20"
+  with open(os.path.join(run_dir, "eval", name + ".json")) as f:
+    saved = json.load(f)
+  assert saved["command"].startswith("python -m kdrobust.evaluate")
+  again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 1 and "--overwrite" in again.stderr
+
+
+# ----------------------------------------------------------------------------
+# Gradient-masking warnings.
+# ----------------------------------------------------------------------------
+def _constant_logits(x):
+  """A model whose output ignores its input: zero gradients, loss flat under noise."""
+  return jnp.zeros((x.shape[0], 10)).at[:, 0].set(3.0) + 0.0 * jnp.sum(x)
+
+
+def test_constant_model_triggers_noise_and_zero_gradient_warnings():
+  x = np.random.RandomState(0).rand(16, 8, 8, 1).astype(np.float32)
+  y = np.array([0] * 12 + [1] * 4, np.int32)
+  res = runner.evaluate_arrays(_constant_logits, x, y, eps="0.1", attacks="clean,pgd20",
+                               batch_size=16, progress=False, log=None)
+  s = res["per_eps"][0]["sanity"]
+  assert s["num_clean_correct"] == 12 and s["loss_unchanged"] == 12 and s["zero_grad"] == 12
+  codes = {w["code"] for w in masking.check_warnings(res)}
+  assert {"loss_unchanged_by_noise", "zero_input_gradients"} <= codes
+
+
+def test_trained_model_has_no_noise_warning(record):
+  codes = {w["code"] for w in record["warnings"]}
+  assert "zero_input_gradients" not in codes and "loss_unchanged_by_noise" not in codes
+
+
+def _synthetic():
+  """A well-behaved results dict at eps 2/255, 4/255, 8/255."""
+  accs = {2: (0.80, 0.70, 0.60, 0.58, 0.56), 4: (0.80, 0.60, 0.50, 0.48, 0.47),
+          8: (0.80, 0.45, 0.40, 0.38, 0.37)}
+  per_eps = []
+  for k, (c, f, p, w, a) in accs.items():
+    stages = [{"attack": "apgd-ce", "robust_acc": a + 0.01},
+              {"attack": "apgd-t", "robust_acc": a}, {"attack": "fab-t", "robust_acc": a},
+              {"attack": "square", "robust_acc": a}]
+    per_eps.append({"eps": k / 255, "eps_str": f"{k}/255",
+                    "accuracy": {"clean": c, "fgsm": f, "pgd20": p, "cw": w, "aa": a},
+                    "worst_case": a,
+                    "autoattack": {"stages": stages, "warnings": [], "reeval_mismatch": 0},
+                    "sanity": {"num_clean_correct": 100, "loss_unchanged": 0,
+                               "loss_unchanged_fraction": 0.0, "zero_grad": 0}})
+  return {"per_eps": per_eps}
+
+
+def _codes(res):
+  return [w["code"] for w in masking.check_warnings(res)]
+
+
+def test_warnings_none_on_a_clean_case():
+  assert _codes(_synthetic()) == []
+
+
+def test_warning_accuracy_rising_with_eps():
+  res = _synthetic()
+  res["per_eps"][2]["accuracy"]["fgsm"] = 0.65  # above 4/255's 0.60
+  ws = masking.check_warnings(res)
+  assert [w["code"] for w in ws] == ["acc_rises_with_eps"]
+  assert ws[0]["eps"] == "8/255" and "fgsm" in ws[0]["message"]
+  # Order of the entries does not matter: eps is sorted first.
+  shuffled = copy.deepcopy(res)
+  shuffled["per_eps"].reverse()
+  assert _codes(shuffled) == ["acc_rises_with_eps"]
+
+
+def test_warning_aa_above_pgd_and_pgd_far_above_aa():
+  res = _synthetic()
+  res["per_eps"][0]["accuracy"]["aa"] = 0.62  # above PGD-20's 0.60
+  res["per_eps"][0]["worst_case"] = 0.58
+  assert _codes(res) == ["aa_above_pgd"]
+  res = _synthetic()
+  res["per_eps"][1]["accuracy"]["pgd20"] = 0.55  # 8 pp above AA's 0.47
+  assert _codes(res) == ["pgd_far_above_aa"]
+
+
+def test_warning_square_after_whitebox():
+  res = _synthetic()
+  res["per_eps"][2]["autoattack"]["stages"][-1]["robust_acc"] = 0.36  # -1 pp by Square
+  assert _codes(res) == ["square_after_whitebox"]
+  res["per_eps"][2]["autoattack"]["stages"][-1]["robust_acc"] = 0.369  # -0.1 pp: tolerated
+  assert _codes(res) == []
+
+
+def test_warning_transfer_stronger_and_aa_signals():
+  res = _synthetic()
+  res["per_eps"][0]["accuracy"]["transfer"] = 0.50  # PGD-20 0.60
+  res["per_eps"][1]["autoattack"]["reeval_mismatch"] = 3
+  res["per_eps"][1]["autoattack"]["warnings"] = [
+      "it seems to be a randomized defense! Please use version='rand'.",
+      "there are 3 points with zero gradient at the start of apgd-t!",
+      "Square Attack has decreased the robust accuracy of 1.00%.",  # covered by the stages
+      "something new"]
+  assert sorted(_codes(res)) == ["aa_randomized", "aa_reeval_mismatch", "aa_zero_gradient",
+                                 "autoattack", "transfer_stronger"]
+
+
+def test_record_warnings_are_shown_in_table(record):
+  rec = dict(record, warnings=[{"code": "zero_input_gradients", "message": "msg", "eps": None}])
+  table = report.format_table(rec)
+  assert "[zero_input_gradients] msg" in table
+  assert "AutoAttack standard" in report.format_table(record)
+
+
+# ----------------------------------------------------------------------------
+# Parsing.
+# ----------------------------------------------------------------------------
+def test_parse_eps_and_attacks():
+  assert presets.parse_eps("2/255, 8/255") == [(2 / 255, "2/255"), (8 / 255, "8/255")]
+  assert presets.parse_eps(0.031) == [(0.031, "0.031")]
+  assert presets.parse_eps(8 / 255) == [(8 / 255, "8/255")]
+  for bad in ("0", "-1/255", "8/255,8/255", "", "1/0"):
+    with pytest.raises(ValueError):
+      presets.parse_eps(bad)
+  assert presets.parse_attacks("aa,pgd") == ("clean", "pgd20", "aa")
+  assert presets.PRESETS["pgd20"].step_fraction * 8 / 255 == pytest.approx(2 / 255)
+  with pytest.raises(ValueError):
+    presets.canonical_norm("L1")
