@@ -135,7 +135,8 @@ def compile_counts() -> dict[str, int]:
   return {"clean": _clean_correct._cache_size(),  # pylint: disable=protected-access
           "preset": _preset_correct._cache_size(),  # pylint: disable=protected-access
           "transfer": _preset_adv._cache_size(),  # pylint: disable=protected-access
-          "sanity": _sanity_batch._cache_size()}  # pylint: disable=protected-access
+          "sanity": _sanity_batch._cache_size(),  # pylint: disable=protected-access
+          "local_linearity": _local_linearity_batch._cache_size()}  # pylint: disable=protected-access
 
 
 # ----------------------------------------------------------------------------
@@ -252,6 +253,54 @@ def sanity_checks(fn: Partial, x, y, *, eps: float, norm: str, seed: int,
 def _stable_id(name: str) -> int:
   """A small deterministic integer for ``name`` (Python's ``hash`` is salted)."""
   return sum((i + 1) * ord(c) for i, c in enumerate(name)) % (2 ** 31)
+
+
+# ----------------------------------------------------------------------------
+# Distillation diagnostics (kdrobust.diagnostics).
+# ----------------------------------------------------------------------------
+LL_STEPS = 50  # KDIGA's llm_eval
+LL_STEP_FRACTION = 0.1
+
+
+@jax.jit
+def _gradient_agreement_batch(student_fn, teacher_fn, x, y):
+  """Per-example GD and GC between the student's and the teacher's CE input gradients."""
+  diagnostics = importlib.import_module("kdrobust.diagnostics")
+  with jax.default_matmul_precision("highest"):
+    out = diagnostics.gradient_agreement(student_fn, teacher_fn, x, y)
+    return out["gd_per_example"], out["gc_per_example"]
+
+
+@jax.jit
+def _local_linearity_batch(fn, x, y, key, eps):
+  """Per-example local-linearity measure gamma(eps, x) (eps traced)."""
+  diagnostics = importlib.import_module("kdrobust.diagnostics")
+  with jax.default_matmul_precision("highest"):
+    return diagnostics.local_linearity(fn, x, y, key, eps=eps, steps=LL_STEPS,
+                                       step_fraction=LL_STEP_FRACTION)
+
+
+def gradient_agreement(student_fn: Partial, teacher_fn: Partial, x, y, *,
+                       batch_size: int) -> dict[str, Any]:
+  """IGDM's GD (mean L2 distance) and GC (mean cosine) of the input gradients over ``x``."""
+  gd, gc = _map_batches(
+      lambda i, xb, yb: _gradient_agreement_batch(student_fn, teacher_fn, xb, yb), x, y,
+      batch_size)
+  t_ok = clean_correct(teacher_fn, x, y, batch_size)
+  return {"gd": float(gd.mean()), "gc": float(gc.mean()),
+          "gradient_of": "per-example CE at the true label, clean test points",
+          "teacher_clean_acc": float(t_ok.mean()), "num_examples": int(x.shape[0])}
+
+
+def local_linearity(fn: Partial, x, y, *, eps: float, seed: int, batch_size: int
+                    ) -> dict[str, Any]:
+  """KDIGA's local-linearity measure: mean and max of gamma(eps, x) over ``x``."""
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), _stable_id("local_linearity"))
+  e = jnp.float32(eps)
+  gamma = _map_batches(
+      lambda i, xb, yb: _local_linearity_batch(fn, xb, yb, jax.random.fold_in(base, i), e),
+      x, y, batch_size)
+  return {"mean": float(gamma.mean()), "max": float(gamma.max())}
 
 
 # ----------------------------------------------------------------------------
