@@ -1,12 +1,15 @@
 """MTARD (Zhao et al., ECCV 2022): two teachers, adversarial and natural, on CIFAR-10/100.
 
-    python -m kdrobust.main --config configs/cifar_natural.py --workdir runs/cifar10_natural_wrn34_10
     python -m kdrobust.main --config configs/cifar_mtard.py --workdir runs/c10_r18_mtard
     python -m kdrobust.main --config configs/cifar_mtard.py:natural=standard \
         --workdir runs/c10_r18_mtard_std       # RobustBench 'Standard' WRN-28-10 as T_nat
+    python -m kdrobust.main --config configs/cifar_mtard.py:dataset=cifar100 --workdir runs/c100_r18_mtard
+
+The default natural teacher must be trained first (once per dataset):
+
+    python -m kdrobust.main --config configs/cifar_natural.py --workdir runs/cifar10_natural_wrn34_10
     python -m kdrobust.main --config configs/cifar_natural.py:dataset=cifar100 \
         --workdir runs/cifar100_natural_wrn34_10
-    python -m kdrobust.main --config configs/cifar_mtard.py:dataset=cifar100 --workdir runs/c100_r18_mtard
 
 Args: ``dataset=cifar10|cifar100``, ``student=resnet18|mobilenet_v2``,
 ``teacher=`` adversarial teacher (default: MTARD's/RSLAD's, ``trades`` on
@@ -24,11 +27,12 @@ Teachers, in this order (``config.teachers``: 0 = adversarial, 1 = natural):
   data).
 * ``natural``: UNCONFIRMED which checkpoint the paper used (the code loads a
   ``wideresnet()`` for both teachers). CHOICE: ``natural=wrn34_10`` (default)
-  = a naturally trained WRN-34-10 (the adversarial teacher's architecture; no
-  public checkpoint exists), trained with configs/cifar_natural.py into
-  ``runs/<dataset>_natural_wrn34_10`` (first command above; ``natural_path``
-  to use another run), read at its latest checkpoint. ``natural=standard`` (CIFAR-10 only): RobustBench's
-  naturally trained WRN-28-10 ``Standard`` (94.78% clean),
+  = a naturally trained WRN-34-10 (the CIFAR-10 adversarial teacher's
+  architecture; no public natural WRN-34-10 checkpoint exists), trained with
+  configs/cifar_natural.py into ``runs/<dataset>_natural_wrn34_10`` (commands
+  above; ``natural_path`` to use another run) and read at its latest
+  checkpoint. ``natural=standard`` (CIFAR-10 only): RobustBench's naturally
+  trained WRN-28-10 ``Standard`` (94.78% clean),
   ``teachers/cifar10/Linf/Standard.pt``.
 
 Recipe (methods.md 3.7, zhaoshiji123/MTARD mtard_loss.py,

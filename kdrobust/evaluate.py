@@ -20,6 +20,7 @@ statistics) with matmuls at 'highest' precision.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -112,7 +113,7 @@ def load_run(workdir: str, checkpoint: str | int = "best", *, dtype: str = "floa
     raw = ck.restore_raw_single_device(step)
   finally:
     ck.close()
-  model_cfg = mlc.ConfigDict(spec["model"])
+  model_cfg = mlc.ConfigDict(_tuples(spec["model"]))
   model_cfg.dtype = dtype
   module = train.build_model(model_cfg, int(spec["num_classes"]), spec["dataset"])
   variables = {"params": raw["params"]}
@@ -120,6 +121,15 @@ def load_run(workdir: str, checkpoint: str | int = "best", *, dtype: str = "floa
     variables["batch_stats"] = raw["batch_stats"]
   variables = jax.tree.map(jnp.asarray, variables)
   return module, variables, config, step
+
+
+def _tuples(tree):
+  """JSON lists back to the tuples the config held (hashable modules compile once)."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
 
 
 def _run_files(workdir: str):
@@ -184,8 +194,9 @@ def versions() -> dict[str, str]:
 
 
 def device_string() -> str:
+  """The device evaluated on, e.g. 'gpu: NVIDIA H100 80GB HBM3 (1 of 8 devices used)'."""
   d = jax.devices()[0]
-  return f"{jax.device_count()}x {d.device_kind} ({d.platform}); evaluated on 1"
+  return f"{d.platform}: {d.device_kind} (1 of {jax.device_count()} devices used)"
 
 
 def headline_eps(eps_list, configured: float | None) -> int:
@@ -228,6 +239,7 @@ def build_record(results: dict[str, Any], *, headline: int, meta: dict[str, Any]
 # Optional extras: diagnostics (teacher GD/GC, local linearity), transfer.
 # ----------------------------------------------------------------------------
 def _diagnostics_module():
+  """``kdrobust.diagnostics`` if this checkout has it, else None."""
   try:
     from kdrobust import diagnostics  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -239,11 +251,11 @@ def _check_extras(*, teacher, local_linearity, transfer_from, plot) -> None:
   """Fail before any compute when an optional extra cannot run."""
   if (teacher or local_linearity) and _diagnostics_module() is None:
     raise EvaluationError("--teacher and --local_linearity need kdrobust.diagnostics, which "
-                          "this checkout does not have yet.")
+                          "this checkout does not have.")
   if teacher and not os.path.exists(teacher):
     raise EvaluationError(f"Teacher path {teacher!r} does not exist.")
-  if transfer_from and not os.path.isdir(transfer_from):
-    raise EvaluationError(f"--transfer_from {transfer_from!r} is not a run directory.")
+  if transfer_from and not os.path.exists(os.path.join(transfer_from, "config.json")):
+    raise EvaluationError(f"--transfer_from {transfer_from!r} is not a kdrobust run directory.")
   if plot:
     try:
       report.require_matplotlib()
@@ -251,35 +263,74 @@ def _check_extras(*, teacher, local_linearity, transfer_from, plot) -> None:
       raise EvaluationError(str(e)) from None
 
 
-def run_diagnostics(logits_fn, x, y, *, eps_list, teacher=None, local_linearity=False,
-                    seed=0, batch_size=256, num_classes=None) -> dict[str, Any]:
-  """IGDM's GD/GC against ``teacher`` and KDIGA's local linearity (kdrobust.diagnostics)."""
-  raise NotImplementedError  # wired once kdrobust.diagnostics lands
+def load_teacher(path: str):
+  """``(logits_fn, source)`` of a teacher: a run directory, a converted teacher or a .pt.
+
+  Goes through :func:`kdrobust.teachers.load`, except for a kdrobust run
+  directory, which is loaded with :func:`load_run` (best checkpoint) so that
+  a teacher trained on another number of devices restores onto this one.
+  """
+  if os.path.isdir(path) and os.path.exists(os.path.join(path, "model.json")):
+    module, variables, _, step = load_run(path, "best")
+    return runner.flax_logits_fn(module, variables), f"run:{os.path.abspath(path)}@{step}"
+  from kdrobust import config_lib  # pylint: disable=g-import-not-at-top
+  from kdrobust import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
+  t = teachers_lib.load("teacher", config_lib.teacher_config(path))
+  return runner.flax_logits_fn(t.module, t.variables), t.source
+
+
+def run_diagnostics(logits_fn, x, y, *, eps_list, teacher: str | None = None,
+                    local_linearity: bool = False, seed: int = 0, batch_size: int = 256
+                    ) -> dict[str, Any]:
+  """IGDM's GD/GC against ``teacher`` and KDIGA's local linearity at every epsilon.
+
+  Uses :mod:`kdrobust.diagnostics`; GD/GC are computed on the clean test
+  points (the CE input gradient at the true label), local linearity with
+  50 sign-ascent steps of 0.1 eps from a uniform start.
+  """
+  out: dict[str, Any] = {}
+  if teacher:
+    t_fn, source = load_teacher(teacher)
+    _check_same_classes(logits_fn, t_fn, x, what="--teacher")
+    out["teacher_gradients"] = dict(
+        teacher=source, **runner.gradient_agreement(logits_fn, t_fn, x, y,
+                                                    batch_size=batch_size))
+  if local_linearity:
+    out["local_linearity"] = {
+        "steps": runner.LL_STEPS, "step_size": f"{runner.LL_STEP_FRACTION:g} * eps",
+        "loss": "CE", "per_eps": {
+            label: runner.local_linearity(logits_fn, x, y, eps=value, seed=seed,
+                                          batch_size=batch_size)
+            for value, label in eps_list}}
+  return out
 
 
 # ----------------------------------------------------------------------------
 # The library entry point.
 # ----------------------------------------------------------------------------
-def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
-                 num_examples: int | None = None, eps=None,
-                 attacks=presets_lib.DEFAULT_ATTACKS, aa_version: str = "standard",
-                 norm: str = "Linf", seed: int = 0, batch_size: int | None = None,
-                 name: str | None = None, overwrite: bool = False, write: bool = True,
-                 plot: bool = False, teacher: str | None = None,
-                 local_linearity: bool = False, transfer_from: str | None = None,
-                 data_dir: str | None = None, progress: bool = True,
-                 log: Callable[[str], None] | None = print,
-                 command: Sequence[str] | None = None) -> dict[str, Any]:
-  """Evaluate a run; returns the record written to ``DIR/eval/<name>.json``.
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What :func:`evaluate_run` will do, settled (and checked) before any compute."""
+  workdir: str
+  config: Any
+  spec: dict
+  step: int
+  requested: str
+  resolved: str
+  eps_list: list
+  configured_eps: float | None
+  attacks: tuple
+  norm: str
+  name: str
+  json_path: str
+  png_path: str | None
 
-  Every input is checked, and an existing output refused, before any compute.
-  ``eps``: None (the run's ``config.eval.eps``), a float, or a string list
-  such as ``'2/255,4/255,8/255'``. ``attacks``: a subset of
-  ``clean,fgsm,pgd20,cw,aa``. ``batch_size`` defaults to the run's
-  ``config.data.eval_batch_size``. The fields are documented in
-  ``docs/evaluation.md``.
-  """
-  t_start = time.time()
+
+def plan(workdir: str, *, checkpoint="best", num_examples=None, eps=None,
+         attacks=presets_lib.DEFAULT_ATTACKS, aa_version="standard", norm="Linf",
+         name=None, overwrite=False, write=True, plot=False, teacher=None,
+         local_linearity=False, transfer_from=None) -> Plan:
+  """Check every input and the output paths; raises before any compute."""
   attacks = presets_lib.parse_attacks(attacks)
   norm_c = presets_lib.canonical_norm(norm)
   if aa_version not in presets_lib.AA_VERSIONS:
@@ -296,68 +347,108 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
   requested = str(checkpoint).lower()
   name = name or default_name(step, requested, eps_list, norm_c, num_examples=num_examples,
                               attacks=attacks, aa_version=aa_version)
-  out_path = os.path.join(workdir, "eval", f"{name}.json")
-  png_path = os.path.join(workdir, "eval", f"{name}.png")
+  json_path = os.path.join(workdir, "eval", f"{name}.json")
+  png_path = os.path.join(workdir, "eval", f"{name}.png") if plot else None
   if write:
-    report.check_writable(out_path, overwrite=overwrite)
-    if plot:
+    report.check_writable(json_path, overwrite=overwrite)
+    if png_path:
       report.check_writable(png_path, overwrite=overwrite)
+  return Plan(workdir, config, spec, step, requested, how, eps_list, configured, attacks,
+              norm_c, name, json_path, png_path)
 
-  module, variables, config, step = load_run(workdir, step)
-  bs = int(batch_size or config.data.get("eval_batch_size", 256))
-  x, y = load_test_data(config, num_examples, data_dir=data_dir, batch_size=bs)
-  fn = runner.flax_logits_fn(module, variables)
-  source = None
-  if transfer_from:
-    smod, svars, _, sstep = load_run(transfer_from, "best")
-    source = runner.flax_logits_fn(smod, svars)
-    _check_same_classes(fn, source, x)
-  say = log or (lambda s: None)
-  say(f"Evaluating {workdir} at step {step} ({how}) on {x.shape[0]} test examples of "
-      f"{config.data.name}; eps {', '.join(l for _, l in eps_list)}; "
-      f"attacks {','.join(attacks)}.")
-  with jax.default_matmul_precision("highest"):
-    results = runner.evaluate_arrays(fn, x, y, eps=[l for _, l in eps_list], attacks=attacks,
-                                     norm=norm_c, aa_version=aa_version, seed=seed,
-                                     batch_size=bs, transfer_fn=source, progress=progress,
-                                     log=log)
-    diagnostics = None
-    if teacher or local_linearity:
-      diagnostics = run_diagnostics(fn, x, y, eps_list=eps_list, teacher=teacher,
-                                    local_linearity=local_linearity, seed=seed,
-                                    batch_size=bs, num_classes=int(spec["num_classes"]))
 
-  meta = {"name": name, "workdir": os.path.abspath(workdir),
-          "checkpoint": {"requested": requested, "step": step, "resolved": how},
-          "dataset": config.data.name, "split": "test", "model": spec["model"].get("name"),
-          "method": config.method.get("name") if "method" in config else None,
+def _metadata(p: Plan, command: Sequence[str] | None) -> dict[str, Any]:
+  """Provenance fields of the record: run, checkpoint, versions, device, time."""
+  meta = {"name": p.name, "workdir": os.path.abspath(p.workdir),
+          "checkpoint": {"requested": p.requested, "step": p.step, "resolved": p.resolved},
+          "dataset": p.config.data.name, "split": "test", "model": p.spec["model"].get("name"),
+          "method": p.config.method.get("name") if "method" in p.config else None,
           "precision": "highest", "compute_dtype": "float32", "batch_norm": "inference",
           "versions": versions(), "device": device_string(),
           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
   if command is not None:
     meta["command"] = " ".join(command)
-  record = build_record(results, headline=headline_eps(eps_list, configured), meta=meta)
+  return meta
+
+
+def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
+                 num_examples: int | None = None, eps=None,
+                 attacks=presets_lib.DEFAULT_ATTACKS, aa_version: str = "standard",
+                 norm: str = "Linf", seed: int = 0, batch_size: int | None = None,
+                 name: str | None = None, overwrite: bool = False, write: bool = True,
+                 plot: bool = False, teacher: str | None = None,
+                 local_linearity: bool = False, transfer_from: str | None = None,
+                 data_dir: str | None = None, progress: bool = True,
+                 log: Callable[[str], None] | None = print,
+                 command: Sequence[str] | None = None) -> dict[str, Any]:
+  """Evaluate a run; returns the record written to ``DIR/eval/<name>.json``.
+
+  Every input is checked, and an existing output refused, before any compute
+  (:func:`plan`). ``eps``: None (the run's ``config.eval.eps``), a float, or
+  a string list such as ``'2/255,4/255,8/255'``. ``attacks``: a subset of
+  ``clean,fgsm,pgd20,cw,aa``. ``batch_size`` defaults to the run's
+  ``config.data.eval_batch_size``. ``write=False`` only returns the record.
+  The fields are documented in ``docs/evaluation.md``.
+  """
+  t_start = time.time()
+  p = plan(workdir, checkpoint=checkpoint, num_examples=num_examples, eps=eps,
+           attacks=attacks, aa_version=aa_version, norm=norm, name=name,
+           overwrite=overwrite, write=write, plot=plot, teacher=teacher,
+           local_linearity=local_linearity, transfer_from=transfer_from)
+  module, variables, config, _ = load_run(workdir, p.step)
+  bs = int(batch_size or config.data.get("eval_batch_size", 256))
+  x, y = load_test_data(config, num_examples, data_dir=data_dir, batch_size=bs)
+  fn = runner.flax_logits_fn(module, variables)
+  source, transfer_meta = None, None
   if transfer_from:
-    record["transfer_from"] = {"workdir": os.path.abspath(transfer_from), "step": sstep,
-                               "attack": "pgd20 crafted on the source model"}
+    smod, svars, _, sstep = load_run(transfer_from, "best")
+    source = runner.flax_logits_fn(smod, svars)
+    _check_same_classes(fn, source, x, what="--transfer_from")
+    transfer_meta = {"workdir": os.path.abspath(transfer_from), "step": sstep,
+                     "attack": "pgd20 crafted on the source model"}
+  say = log or (lambda s: None)
+  say(f"Evaluating {workdir} at step {p.step} ({p.resolved}) on {x.shape[0]} test examples "
+      f"of {config.data.name}; eps {', '.join(l for _, l in p.eps_list)}; "
+      f"attacks {','.join(p.attacks)}.")
+  with jax.default_matmul_precision("highest"):
+    results = runner.evaluate_arrays(fn, x, y, eps=[l for _, l in p.eps_list],
+                                     attacks=p.attacks, norm=p.norm, aa_version=aa_version,
+                                     seed=seed, batch_size=bs, transfer_fn=source,
+                                     progress=progress, log=log)
+    diagnostics = None
+    if teacher or local_linearity:
+      say("Diagnostics: " + ", ".join(
+          n for n, on in (("teacher GD/GC", teacher), ("local linearity", local_linearity))
+          if on) + ".")
+      diagnostics = run_diagnostics(fn, x, y, eps_list=p.eps_list, teacher=teacher,
+                                    local_linearity=local_linearity, seed=seed,
+                                    batch_size=bs)
+  record = build_record(results, headline=headline_eps(p.eps_list, p.configured_eps),
+                        meta=_metadata(p, command))
+  if transfer_meta:
+    record["transfer_from"] = transfer_meta
   if diagnostics is not None:
     record["diagnostics"] = diagnostics
   record["warnings"] = masking.check_warnings(record)
   record["time_s"] = round(time.time() - t_start, 2)
   if write:
-    record["path"] = report.write_json(out_path, record, overwrite=overwrite)
-    if plot:
-      record["plot"] = report.plot_accuracy_vs_eps(record, png_path, overwrite=overwrite)
+    record["path"] = report.write_json(p.json_path, record, overwrite=overwrite)
+    if p.png_path:
+      record["plot"] = report.plot_accuracy_vs_eps(record, p.png_path, overwrite=overwrite)
   return record
 
 
-def _check_same_classes(fn, source, x) -> None:
-  """The transfer source must predict the same label set as the evaluated model."""
-  a = jax.eval_shape(fn, jax.ShapeDtypeStruct((1,) + x.shape[1:], jnp.float32))
-  b = jax.eval_shape(source, jax.ShapeDtypeStruct((1,) + x.shape[1:], jnp.float32))
+def _check_same_classes(fn, other, x, *, what: str) -> None:
+  """A teacher or transfer source must run on these inputs and predict the same classes."""
+  shape = jax.ShapeDtypeStruct((1,) + x.shape[1:], jnp.float32)
+  a = jax.eval_shape(fn, shape)
+  try:
+    b = jax.eval_shape(other, shape)
+  except Exception as e:  # pylint: disable=broad-except
+    raise EvaluationError(f"{what} cannot run on inputs of shape {x.shape[1:]}: "
+                          f"{type(e).__name__}: {e}") from e
   if a.shape != b.shape:
-    raise EvaluationError(f"--transfer_from predicts {b.shape[-1]} classes, this run "
-                          f"{a.shape[-1]}.")
+    raise EvaluationError(f"{what} predicts {b.shape[-1]} classes, this run {a.shape[-1]}.")
 
 
 # ----------------------------------------------------------------------------

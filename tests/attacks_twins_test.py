@@ -156,21 +156,24 @@ def digits_data():
 
 
 def digits_init(seed: int = 0, c1: int = 16, c2: int = 32) -> dict[str, np.ndarray]:
-  """He-initialised weights of conv(1->c1)-ReLU-conv(c1->c2, stride 2)-ReLU-dense(10), torch layouts."""
+  """He-initialised weights of conv(1->c1)-ReLU-conv(c1->c2, stride 2)-ReLU-dense(10).
+
+  JAX layouts (conv kernels HWIO, dense ``[in, out]`` with inputs in (c, h, w) order).
+  """
   rng = np.random.default_rng(seed)
   return {
-      "c1_w": rng.normal(0, np.sqrt(2 / 9), (c1, 1, 3, 3)).astype(np.float32),
+      "c1_w": rng.normal(0, np.sqrt(2 / 9), (3, 3, 1, c1)).astype(np.float32),
       "c1_b": np.zeros(c1, np.float32),
-      "c2_w": rng.normal(0, np.sqrt(2 / (9 * c1)), (c2, c1, 3, 3)).astype(np.float32),
+      "c2_w": rng.normal(0, np.sqrt(2 / (9 * c1)), (3, 3, c1, c2)).astype(np.float32),
       "c2_b": np.zeros(c2, np.float32),
-      "fc_w": rng.normal(0, np.sqrt(1 / (16 * c2)), (10, 16 * c2)).astype(np.float32),
+      "fc_w": rng.normal(0, np.sqrt(1 / (16 * c2)), (16 * c2, 10)).astype(np.float32),
       "fc_b": np.zeros(10, np.float32),
   }
 
 
 def digits_apply(p, x):
-  """The digits CNN in plain JAX (NHWC in, torch-layout weights, (c, h, w) flatten)."""
-  dn = ("NHWC", "OIHW", "NHWC")
+  """The digits CNN in plain JAX (NHWC in, HWIO kernels, (c, h, w) flatten)."""
+  dn = ("NHWC", "HWIO", "NHWC")
   hp = jax.lax.Precision.HIGHEST
   h = jax.lax.conv_general_dilated(x, p["c1_w"], (1, 1), ((1, 1), (1, 1)),
                                    dimension_numbers=dn, precision=hp) + p["c1_b"]
@@ -179,7 +182,12 @@ def digits_apply(p, x):
                                    dimension_numbers=dn, precision=hp) + p["c2_b"]
   h = jax.nn.relu(h)
   h = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1)
-  return jnp.dot(h, p["fc_w"].T, precision=hp) + p["fc_b"]
+  return jnp.dot(h, p["fc_w"], precision=hp) + p["fc_b"]
+
+
+def digits_logits_fn(p):
+  """``Partial(digits_apply, params)``: parameters stay traced arguments."""
+  return jax.tree_util.Partial(digits_apply, {k: jnp.asarray(v) for k, v in p.items()})
 
 
 def train_digits(x, y, *, epochs: int = 30, eps: float = 0.1, seed: int = 0,
@@ -217,13 +225,15 @@ class TorchDigits(torch.nn.Module):
 
   def __init__(self, p):
     super().__init__()
-    c1, c2 = p["c1_w"].shape[0], p["c2_w"].shape[0]
+    c1, c2 = p["c1_w"].shape[-1], p["c2_w"].shape[-1]
     self.c1 = torch.nn.Conv2d(1, c1, 3, padding=1)
     self.c2 = torch.nn.Conv2d(c1, c2, 3, stride=2, padding=1)
     self.fc = torch.nn.Linear(16 * c2, 10)
     with torch.no_grad():
+      self.c1.weight.copy_(torch.tensor(p["c1_w"].transpose(3, 2, 0, 1)))
+      self.c2.weight.copy_(torch.tensor(p["c2_w"].transpose(3, 2, 0, 1)))
+      self.fc.weight.copy_(torch.tensor(p["fc_w"].T))
       for name, mod in (("c1", self.c1), ("c2", self.c2), ("fc", self.fc)):
-        mod.weight.copy_(torch.tensor(p[name + "_w"]))
         mod.bias.copy_(torch.tensor(p[name + "_b"]))
     self.eval()
 

@@ -46,7 +46,8 @@ def test_gd_gc_of_different_networks():
   gg = diagnostics.input_gradients(g, x, y).reshape(6, -1)
   np.testing.assert_allclose(np.asarray(out["gd_per_example"]),
                              np.linalg.norm(np.asarray(gf - gg), axis=-1), rtol=1e-5)
-  cos = np.sum(np.asarray(gf * gg), -1) / (np.linalg.norm(gf, axis=-1) * np.linalg.norm(gg, axis=-1))
+  norms = np.linalg.norm(gf, axis=-1) * np.linalg.norm(gg, axis=-1)
+  cos = np.sum(np.asarray(gf * gg), -1) / norms
   np.testing.assert_allclose(np.asarray(out["gc_per_example"]), cos, rtol=1e-5, atol=1e-6)
   assert float(out["gd"]) > 0 and float(out["gc"]) < 1
   # Gradients are per example: one example's gradient does not depend on the batch.

@@ -47,7 +47,9 @@ This module also holds the small shared helpers the other attacks use
 
 from __future__ import annotations
 
+import collections
 import functools
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -61,6 +63,8 @@ Array = jax.Array
 LogitsFn = Callable[..., Array]
 APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
 DEFAULT_BATCH = 250  # AutoAttack's run_standard_evaluation default.
+# Trace counters of the jitted kernels (tests assert that nothing retraces).
+TRACES: collections.Counter = collections.Counter()
 
 
 # ---------------------------------------------------------------------------
@@ -136,7 +140,7 @@ def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
 
 
 def predict(logits_fn: LogitsFn, x, *, batch_size: int | None = None,
-            key=None, randomized: bool = False) -> np.ndarray:
+            key=None, randomized: bool = False, buckets: int = 4) -> np.ndarray:
   """Batched argmax predictions as a numpy array (fixed padded chunk shape)."""
   fn = as_logits_fn(logits_fn)
   x = np.asarray(x)
@@ -144,25 +148,49 @@ def predict(logits_fn: LogitsFn, x, *, batch_size: int | None = None,
   bs = min(batch_size or DEFAULT_BATCH, n)
   key = as_key(0 if key is None else key)
   out = np.empty((n,), np.int64)
-  for c, start in enumerate(range(0, n, bs)):
-    xb = _pad_rows(x[start:start + bs], bs)
-    pred = _predict(fn, jnp.asarray(xb), jax.random.fold_in(key, c),
+  for c, (sel, size) in enumerate(chunks(np.arange(n), bs, buckets)):
+    pred = _predict(fn, jnp.asarray(_pad_rows(x[sel], size)), jax.random.fold_in(key, c),
                     randomized=randomized)
-    out[start:start + bs] = np.asarray(pred)[:min(bs, n - start)]
+    out[sel] = np.asarray(pred)[:sel.size]
   return out
 
 
+def bucket_size(n: int, batch_size: int, buckets: int = 4) -> int:
+  """Padded row count for a chunk of ``n <= batch_size`` rows.
+
+  The shapes are ``ceil(k batch_size / buckets)`` rounded up to a multiple of
+  8 (capped at ``batch_size``), ``k = 1 .. buckets``: at most ``buckets``
+  compilations per kernel, at most ``batch_size / buckets`` padded rows.
+  ``buckets=1`` gives one fixed shape.
+  """
+  if buckets <= 1 or n >= batch_size:
+    return batch_size
+  for k in range(1, buckets + 1):
+    size = min(batch_size, -(-int(math.ceil(k * batch_size / buckets)) // 8) * 8)
+    if n <= size:
+      return size
+  return batch_size
+
+
+def chunks(idx: np.ndarray, batch_size: int, buckets: int = 4):
+  """Cut ``idx`` into ``(rows, padded_size)`` chunks of at most ``batch_size`` rows."""
+  for start in range(0, idx.size, batch_size):
+    sel = idx[start:start + batch_size]
+    yield sel, bucket_size(sel.size, batch_size, buckets)
+
+
 def run_rounds(kernel, x: np.ndarray, y: np.ndarray, active: np.ndarray, *,
-               n_rounds: int, key: Array, batch_size: int,
+               n_rounds: int, key: Array, batch_size: int, buckets: int = 4,
                progress: Callable[[int, int], None] | None = None):
   """Run ``n_rounds`` rounds of a per-example-independent attack with compaction.
 
   Round ``r`` attacks the points that are ``active`` and not yet fooled, in
-  index order, in chunks of exactly ``batch_size`` rows (the last chunk padded
-  by repetition, padding masked out). ``kernel(xb, yb, valid, r, key) ->
-  (adv, success, aux)`` is a jitted per-chunk function; where ``success`` the
-  point is fooled and ``adv`` stored. ``progress(done, total_estimate)`` is
-  called after every chunk. Returns ``(x_adv, fooled, aux_list)``.
+  index order, in chunks of at most ``batch_size`` rows, each padded (by
+  repeating a row, masked out) to one of the :func:`bucket_size` shapes.
+  ``kernel(xb, yb, valid, r, key) -> (adv, success, aux)`` runs one chunk;
+  where ``success`` the point is fooled and ``adv`` stored.
+  ``progress(done, total_estimate)`` is called after every chunk. Returns
+  ``(x_adv, fooled, aux_list)``.
   """
   x_adv = np.array(x, copy=True)
   fooled = np.zeros(x.shape[0], bool)
@@ -174,13 +202,11 @@ def run_rounds(kernel, x: np.ndarray, y: np.ndarray, active: np.ndarray, *,
       break
     total_est = done + idx.size * (n_rounds - r)
     rkey = jax.random.fold_in(key, r)
-    for c, start in enumerate(range(0, idx.size, batch_size)):
-      sel = idx[start:start + batch_size]
+    for c, (sel, size) in enumerate(chunks(idx, batch_size, buckets)):
       nv = sel.size
-      xb = _pad_rows(x[sel], batch_size)
-      yb = _pad_rows(y[sel], batch_size)
-      valid = np.arange(batch_size) < nv
-      adv, succ, a = kernel(jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(valid),
+      valid = np.arange(size) < nv
+      adv, succ, a = kernel(jnp.asarray(_pad_rows(x[sel], size)),
+                            jnp.asarray(_pad_rows(y[sel], size)), jnp.asarray(valid),
                             jnp.asarray(r, jnp.int32), jax.random.fold_in(rkey, c))
       succ = np.asarray(succ)[:nv]
       adv = np.asarray(adv)[:nv]
@@ -322,80 +348,141 @@ def _project_l2(v, x, eps):
                   0.0, 1.0)
 
 
-def _apgd_core(fn, x, y, y_target, x_init, eps, step0, key, *, n_iter, norm,
-               loss, rho, eot_iter, randomized) -> ApgdRun:
-  """One APGD run (the reference's ``attack_single_run``); see the module docstring."""
+class ApgdConsts(NamedTuple):
+  """Loop-invariant inputs of an APGD run (a pytree: traced, never static)."""
+  fn: object
+  x: Array
+  y: Array
+  y_target: Array | None
+  eps: Array
+  key: Array
+  is_check: Array
+  window: Array
+  thresh: Array
+
+
+def _apgd_init(fn, x, y, y_target, x_init, eps, step0, key, *, n_iter, rho, loss,
+               eot_iter, randomized):
+  """Loop constants and the state before iteration 0 (gradient at the clipped start)."""
+  TRACES["apgd_init"] += 1
   dtype = x.dtype
   eps = jnp.asarray(eps, dtype)
-  is_check_np, window_np = checkpoint_schedule(n_iter)
-  is_check = jnp.asarray(is_check_np)
-  window = jnp.asarray(window_np)
-  thresh = jnp.asarray(window_np * rho, jnp.float32)
-  lg = functools.partial(_loss_grad, fn, y=y, y_target=y_target, loss=loss,
-                         eot_iter=eot_iter, randomized=randomized)
   key = jax.random.PRNGKey(0) if key is None else key
-
+  is_check, window = checkpoint_schedule(n_iter)
+  c = ApgdConsts(fn, x, y, y_target, eps, key, jnp.asarray(is_check),
+                 jnp.asarray(window), jnp.asarray(window * rho, jnp.float32))
   x_adv = jnp.clip(x_init.astype(dtype), 0.0, 1.0)
-  grad, z, loss_i = lg(x_adv, key=jax.random.fold_in(key, n_iter))
-  zero_grad = jnp.sum(jnp.abs(grad.reshape(grad.shape[0], -1)), axis=-1) == 0
-  acc = jnp.argmax(z, -1) == y
+  grad, z, loss_i = _loss_grad(fn, x_adv, y, y_target, jax.random.fold_in(key, n_iter),
+                               loss=loss, eot_iter=eot_iter, randomized=randomized)
   b = x.shape[0]
   # float32 like the reference's torch.ones/torch.zeros buffers.
   step = jnp.broadcast_to(jnp.asarray(step0, dtype).astype(jnp.float32), (b,))
-  loss_steps = jnp.zeros((n_iter, b), jnp.float32)
   state = dict(x_adv=x_adv, x_old=x_adv, grad=grad, grad_best=grad,
-               x_best=x_adv, x_best_adv=x_adv, loss_best=loss_i, acc=acc,
-               step=step, loss_steps=loss_steps,
-               reduced_last=jnp.ones((b,), bool), loss_best_last=loss_i)
-
-  def body(i, s):
-    x_cur = s["x_adv"]
-    grad2 = x_cur - s["x_old"]
-    a = jnp.where(i > 0, 0.75, 1.0).astype(dtype)
-    eta = bcast(s["step"].astype(dtype), x)
-    if norm == "linf":
-      z1 = _project_linf(x_cur + eta * jnp.sign(s["grad"]), x, eps)
-      x_new = _project_linf(x_cur + (z1 - x_cur) * a + grad2 * (1 - a), x, eps)
-    else:
-      z1 = _project_l2(x_cur + eta * normalize(s["grad"], "l2"), x, eps)
-      x_new = _project_l2(x_cur + (z1 - x_cur) * a + grad2 * (1 - a), x, eps)
-
-    g, logits, li = lg(x_new, key=jax.random.fold_in(key, i))
-    pred = jnp.argmax(logits, -1) == y
-    acc = s["acc"] & pred
-    x_best_adv = jnp.where(bcast(~pred, x), x_new, s["x_best_adv"])
-    loss_steps = s["loss_steps"].at[i].set(li.astype(jnp.float32))
-    imp = li > s["loss_best"]
-    x_best = jnp.where(bcast(imp, x), x_new, s["x_best"])
-    grad_best = jnp.where(bcast(imp, x), g, s["grad_best"])
-    loss_best = jnp.where(imp, li, s["loss_best"])
-
-    chk = is_check[i]
-    osc = oscillation_count(loss_steps, i, window[i]) <= thresh[i]
-    no_impr = (~s["reduced_last"]) & (s["loss_best_last"] >= loss_best)
-    red = chk & (osc | no_impr)
-    reduced_last = jnp.where(chk, osc | no_impr, s["reduced_last"])
-    loss_best_last = jnp.where(chk, loss_best, s["loss_best_last"])
-    step = jnp.where(red, s["step"] / 2.0, s["step"])
-    x_next = jnp.where(bcast(red, x), x_best, x_new)
-    g_next = jnp.where(bcast(red, x), grad_best, g)
-    return dict(x_adv=x_next, x_old=x_cur, grad=g_next, grad_best=grad_best,
-                x_best=x_best, x_best_adv=x_best_adv, loss_best=loss_best,
-                acc=acc, step=step, loss_steps=loss_steps,
-                reduced_last=reduced_last, loss_best_last=loss_best_last)
-
-  s = jax.lax.fori_loop(0, n_iter, body, state)
-  return ApgdRun(s["x_best"], s["acc"], s["loss_best"], s["x_best_adv"], zero_grad)
+               x_best=x_adv, x_best_adv=x_adv, loss_best=loss_i,
+               acc=jnp.argmax(z, -1) == y, step=step,
+               loss_steps=jnp.zeros((n_iter, b), jnp.float32),
+               reduced_last=jnp.ones((b,), bool), loss_best_last=loss_i,
+               zero_grad=jnp.sum(jnp.abs(grad.reshape(b, -1)), axis=-1) == 0)
+  return c, state
 
 
+def _apgd_step(i, s, c: ApgdConsts, *, norm, loss, eot_iter, randomized):
+  """APGD iteration ``i``: momentum step, gradient, bookkeeping, checkpoint."""
+  TRACES["apgd_step"] += 1
+  x, y, eps = c.x, c.y, c.eps
+  dtype = x.dtype
+  x_cur = s["x_adv"]
+  grad2 = x_cur - s["x_old"]
+  a = jnp.where(i > 0, 0.75, 1.0).astype(dtype)
+  eta = bcast(s["step"].astype(dtype), x)
+  if norm == "linf":
+    z1 = _project_linf(x_cur + eta * jnp.sign(s["grad"]), x, eps)
+    x_new = _project_linf(x_cur + (z1 - x_cur) * a + grad2 * (1 - a), x, eps)
+  else:
+    z1 = _project_l2(x_cur + eta * normalize(s["grad"], "l2"), x, eps)
+    x_new = _project_l2(x_cur + (z1 - x_cur) * a + grad2 * (1 - a), x, eps)
+
+  g, logits, li = _loss_grad(c.fn, x_new, y, c.y_target, jax.random.fold_in(c.key, i),
+                             loss=loss, eot_iter=eot_iter, randomized=randomized)
+  pred = jnp.argmax(logits, -1) == y
+  acc = s["acc"] & pred
+  x_best_adv = jnp.where(bcast(~pred, x), x_new, s["x_best_adv"])
+  loss_steps = s["loss_steps"].at[i].set(li.astype(jnp.float32))
+  imp = li > s["loss_best"]
+  x_best = jnp.where(bcast(imp, x), x_new, s["x_best"])
+  grad_best = jnp.where(bcast(imp, x), g, s["grad_best"])
+  loss_best = jnp.where(imp, li, s["loss_best"])
+
+  chk = c.is_check[i]
+  osc = oscillation_count(loss_steps, i, c.window[i]) <= c.thresh[i]
+  no_impr = (~s["reduced_last"]) & (s["loss_best_last"] >= loss_best)
+  red = chk & (osc | no_impr)
+  step = jnp.where(red, s["step"] / 2.0, s["step"])
+  return dict(x_adv=jnp.where(bcast(red, x), x_best, x_new), x_old=x_cur,
+              grad=jnp.where(bcast(red, x), grad_best, g), grad_best=grad_best,
+              x_best=x_best, x_best_adv=x_best_adv, loss_best=loss_best, acc=acc,
+              step=step, loss_steps=loss_steps,
+              reduced_last=jnp.where(chk, osc | no_impr, s["reduced_last"]),
+              loss_best_last=jnp.where(chk, loss_best, s["loss_best_last"]),
+              zero_grad=s["zero_grad"])
+
+
+def _as_run(s) -> ApgdRun:
+  return ApgdRun(s["x_best"], s["acc"], s["loss_best"], s["x_best_adv"], s["zero_grad"])
+
+
+_INIT_STATIC = ("n_iter", "rho", "loss", "eot_iter", "randomized")
+_STEP_STATIC = ("norm", "loss", "eot_iter", "randomized")
 _STATIC = ("n_iter", "norm", "loss", "rho", "eot_iter", "randomized")
+_apgd_init_jit = jax.jit(_apgd_init, static_argnames=_INIT_STATIC)
+_apgd_step_jit = jax.jit(_apgd_step, static_argnames=_STEP_STATIC)
+
+
+def resolve_loop(loop: str) -> str:
+  """``'device'`` (one ``lax.fori_loop``), ``'host'`` (a jitted step per iteration) or ``'auto'``.
+
+  ``'auto'`` is ``'host'`` on CPU and ``'device'`` elsewhere. Reason: XLA:CPU
+  emits the transposed convolutions of an input gradient *inside a while
+  loop* as naive elemental loops (kernel layout ``01oi``), 2-10x slower than
+  the same step jitted on its own (measured on this repo's ``tiny_cnn``);
+  the host driver keeps every state array on the device and only dispatches
+  one jitted step per iteration. Results are identical either way.
+  """
+  if loop == "auto":
+    return "host" if jax.default_backend() == "cpu" else "device"
+  if loop not in ("host", "device"):
+    raise ValueError(f"loop must be 'auto', 'host' or 'device', got {loop!r}.")
+  return loop
+
+
+def _apgd_core(fn, x, y, y_target, x_init, eps, step0, key, *, n_iter, norm,
+               loss, rho, eot_iter, randomized) -> ApgdRun:
+  """One APGD run in a single ``lax.fori_loop`` (the reference's ``attack_single_run``)."""
+  c, s = _apgd_init(fn, x, y, y_target, x_init, eps, step0, key, n_iter=n_iter,
+                    rho=rho, loss=loss, eot_iter=eot_iter, randomized=randomized)
+  body = functools.partial(_apgd_step, c=c, norm=norm, loss=loss, eot_iter=eot_iter,
+                           randomized=randomized)
+  return _as_run(jax.lax.fori_loop(0, n_iter, body, s))
+
+
 _apgd_core_jit = jax.jit(_apgd_core, static_argnames=_STATIC)
+
+
+def _apgd_host(fn, x, y, y_target, x_init, eps, step0, key, *, n_iter, norm, loss,
+               rho, eot_iter, randomized) -> ApgdRun:
+  """The same run driven from the host: one jitted step per iteration, state on device."""
+  c, s = _apgd_init_jit(fn, x, y, y_target, x_init, eps, step0, key, n_iter=n_iter,
+                        rho=rho, loss=loss, eot_iter=eot_iter, randomized=randomized)
+  for i in range(n_iter):
+    s = _apgd_step_jit(jnp.asarray(i, jnp.int32), s, c, norm=norm, loss=loss,
+                       eot_iter=eot_iter, randomized=randomized)
+  return _as_run(s)
 
 
 def apgd_single_run(logits_fn: LogitsFn, x, y, x_init, *, eps, n_iter: int = 100,
                     norm: str = "linf", loss: str = "ce", y_target=None,
                     rho: float = 0.75, step_size=None, eot_iter: int = 1,
-                    key=None, randomized: bool = False) -> ApgdRun:
+                    key=None, randomized: bool = False, loop: str = "auto") -> ApgdRun:
   """One APGD run from an explicit start ``x_init`` (jitted; static ``n_iter``).
 
   ``loss``: ``'ce'``, ``'dlr'`` or ``'dlr-targeted'`` (needs ``y_target``).
@@ -403,7 +490,8 @@ def apgd_single_run(logits_fn: LogitsFn, x, y, x_init, *, eps, n_iter: int = 100
   AutoAttack when ``None``). ``eot_iter > 1`` averages that many gradients
   per step; with ``randomized=True`` the model is called as
   ``logits_fn(x, key)`` with a fresh key per sample. Runs in ``x``'s dtype
-  (float64 when x64 is enabled: the parity tests).
+  (float64 when x64 is enabled: the parity tests). ``loop``: see
+  :func:`resolve_loop`.
   """
   norm = canonical_norm(norm)
   if loss not in APGD_LOSSES:
@@ -421,35 +509,27 @@ def apgd_single_run(logits_fn: LogitsFn, x, y, x_init, *, eps, n_iter: int = 100
   eps = jnp.asarray(eps, x.dtype)
   step0 = 2.0 * eps if step_size is None else jnp.asarray(step_size, x.dtype)
   k = None if key is None else as_key(key)
-  return _apgd_core_jit(as_logits_fn(logits_fn), x, y, y_target,
-                        jnp.asarray(x_init, x.dtype), eps, step0, k,
-                        n_iter=n_iter, norm=norm, loss=loss, rho=rho,
-                        eot_iter=eot_iter, randomized=randomized)
+  run = _apgd_core_jit if resolve_loop(loop) == "device" else _apgd_host
+  return run(as_logits_fn(logits_fn), x, y, y_target, jnp.asarray(x_init, x.dtype),
+             eps, step0, k, n_iter=n_iter, norm=norm, loss=loss, rho=rho,
+             eot_iter=eot_iter, randomized=randomized)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ("random_init", "select"))
-def _apgd_chunk(fn, x, y, valid, round_idx, key, eps, step0, n_targets_restarts,
-                *, n_iter, norm, loss, rho, eot_iter, randomized, random_init,
-                select):
-  """Per-chunk kernel of :func:`run_rounds`: start, (target), one APGD run.
+@functools.partial(jax.jit, static_argnames=("norm", "loss", "randomized", "random_init"))
+def _apgd_prepare(fn, x, round_idx, key, eps, n_restarts, *, norm, loss, randomized,
+                  random_init):
+  """Start point, target labels and run key of one chunk of :func:`run_rounds`.
 
-  Round ``r`` uses target class ``2 + r // n_restarts`` for APGD-T.
-  ``select='adv'`` returns the misclassified iterate (AutoAttack);
-  ``select='loss'`` the highest-loss iterate (transfer attacks).
+  Round ``r`` uses target class ``2 + r // n_restarts`` (APGD-T).
   """
-  del valid
+  TRACES["apgd_prepare"] += 1
   k_init, k_run, k_tgt = jax.random.split(key, 3)
   x_init = random_start(k_init, x, eps, norm) if random_init else x
   y_target = None
   if loss == "dlr-targeted":
     clean = call_logits(fn, x, k_tgt, randomized)
-    y_target = ranked_targets(clean, 2 + round_idx // n_targets_restarts)
-  run = _apgd_core(fn, x, y, y_target, x_init, eps, step0,
-                   k_run if randomized else None, n_iter=n_iter, norm=norm,
-                   loss=loss, rho=rho, eot_iter=eot_iter, randomized=randomized)
-  if select == "loss":
-    return run.x_best, jnp.ones_like(run.acc), run.zero_grad
-  return run.x_best_adv, ~run.acc, run.zero_grad
+    y_target = ranked_targets(clean, 2 + round_idx // n_restarts)
+  return x_init, y_target, k_run
 
 
 def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
@@ -457,12 +537,16 @@ def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
                 n_target_classes: int = 1, rho: float = 0.75, step_size=None,
                 eot_iter: int = 1, randomized: bool = False,
                 random_init: bool = True, active=None, select: str = "adv",
-                batch_size: int | None = None, progress=None):
+                batch_size: int | None = None, progress=None, loop: str = "auto",
+                buckets: int = 4):
   """Host driver shared by :func:`apgd`, :func:`apgd_targeted` and AutoAttack.
 
   Returns ``(x_adv, fooled, zero_grad_count)`` as numpy arrays; ``x_adv`` is
   the clean point where not fooled. ``active`` (default: all) selects the
-  points to attack, e.g. AutoAttack's still-robust points.
+  points to attack, e.g. AutoAttack's still-robust points. ``select='adv'``
+  keeps the misclassified iterate (AutoAttack); ``select='loss'`` returns
+  every attacked point's highest-loss iterate (transfer attacks) and marks
+  them all as done.
   """
   norm = canonical_norm(norm)
   fn = as_logits_fn(logits_fn)
@@ -477,16 +561,23 @@ def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
   eps_a = jnp.asarray(eps, dtype)
   step0 = 2.0 * eps_a if step_size is None else jnp.asarray(step_size, dtype)
   n_rounds = n_restarts * (n_target_classes if loss == "dlr-targeted" else 1)
+  run = _apgd_core_jit if resolve_loop(loop) == "device" else _apgd_host
+  n_res = jnp.asarray(n_restarts, jnp.int32)
 
   def kernel(xb, yb, valid, r, k):
-    return _apgd_chunk(fn, xb, yb, valid, r, k, eps_a, step0,
-                       jnp.asarray(n_restarts, jnp.int32), n_iter=n_iter,
-                       norm=norm, loss=loss, rho=rho, eot_iter=eot_iter,
-                       randomized=randomized, random_init=random_init,
-                       select=select)
+    del valid
+    x_init, y_target, k_run = _apgd_prepare(fn, xb, r, k, eps_a, n_res, norm=norm,
+                                            loss=loss, randomized=randomized,
+                                            random_init=random_init)
+    res = run(fn, xb, yb, y_target, x_init, eps_a, step0,
+              k_run if randomized else None, n_iter=n_iter, norm=norm, loss=loss,
+              rho=rho, eot_iter=eot_iter, randomized=randomized)
+    if select == "loss":
+      return res.x_best, jnp.ones_like(res.acc), res.zero_grad
+    return res.x_best_adv, ~res.acc, res.zero_grad
 
   x_adv, fooled, aux = run_rounds(kernel, x, y, active, n_rounds=n_rounds,
-                                  key=as_key(key), batch_size=bs,
+                                  key=as_key(key), batch_size=bs, buckets=buckets,
                                   progress=progress)
   zero = int(sum(int(np.sum(a)) for a in aux)) if loss != "ce" else 0
   return x_adv, fooled, zero

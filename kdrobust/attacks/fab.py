@@ -39,8 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdrobust.attacks.apgd import (DEFAULT_BATCH, as_logits_fn, bcast, lp_norm,
-                                   predict, ranked_targets, run_rounds)
+from kdrobust.attacks.apgd import (DEFAULT_BATCH, TRACES, as_logits_fn, bcast,
+                                   lp_norm, predict, ranked_targets, resolve_loop,
+                                   run_rounds)
 from kdrobust.attacks.projected import as_key, canonical_norm
 
 Array = jax.Array
@@ -215,50 +216,94 @@ def _diff_logits_grads(fn, x1, y, y_t, targeted):
   return df, dg
 
 
-def _fab_core(fn, x, y, x_start, target_class, eps, *, n_iter, norm, targeted,
-              alpha_max, eta, beta) -> FabRun:
-  """One FAB run from ``x_start`` plus the reference ``perturb``'s success test."""
-  dtype = x.dtype
-  b = x.shape[0]
-  eps = jnp.asarray(eps, dtype)
+class FabConsts(NamedTuple):
+  """Loop-invariant inputs of a FAB run (a pytree)."""
+  fn: object
+  x: Array
+  y: Array
+  y_t: Array
+  ok: Array
+
+
+def _fab_init(fn, x, y, x_start, target_class, *, targeted):
+  """Clean correctness, the target ``y_t`` and the loop state ``(x1, adv, best_norm)``."""
+  TRACES["fab_init"] += 1
   z0 = fn(x)
   ok = jnp.argmax(z0, -1) == y
   y_t = ranked_targets(z0, target_class) if targeted else y
-  proj = _PROJ[norm]
-  x0f = x.reshape(b, -1)
+  state = (x_start, x, jnp.full((x.shape[0],), 1e10, x.dtype))
+  return FabConsts(fn, x, y, y_t, ok), state
 
-  def body(_, carry):
-    x1, adv, res2 = carry
-    df, dg = _diff_logits_grads(fn, x1, y, y_t, targeted)
-    dist1 = jnp.abs(df) / (1e-12 + _dual_norm(dg, norm))
-    ind = jnp.argmin(dist1, axis=1)
-    dg2 = jnp.take_along_axis(dg, ind[:, None, None], axis=1)[:, 0]
-    bb = -_take(df, ind) + jnp.sum(dg2 * x1.reshape(b, -1), axis=-1)
-    d3 = proj(jnp.concatenate([x1.reshape(b, -1), x0f], 0),
-              jnp.concatenate([dg2, dg2], 0), jnp.concatenate([bb, bb], 0))
-    d1 = d3[:b].reshape(x.shape)
-    d2 = d3[b:].reshape(x.shape)
-    a0 = jnp.maximum(_row_norm(d3, norm), 1e-8)
-    a1 = bcast(a0[:b], x)
-    a2 = bcast(a0[b:], x)
-    alpha = jnp.minimum(jnp.maximum(a1 / (a1 + a2), 0.0), alpha_max)
-    x1 = jnp.clip((x1 + eta * d1) * (1 - alpha) + (x + d2 * eta) * alpha, 0.0, 1.0)
-    is_adv = jnp.argmax(fn(x1), -1) != y
-    t = lp_norm(x1 - x, norm)
-    better = is_adv & (t < res2)
-    adv = jnp.where(bcast(better, x), x1, adv)
-    res2 = jnp.where(better, t, res2)
-    x1 = jnp.where(bcast(is_adv, x), x + (x1 - x) * beta, x1)
-    return x1, adv, res2
 
-  init = (x_start, x, jnp.full((b,), 1e10, dtype))
-  _, adv, res2 = jax.lax.fori_loop(0, n_iter, body, init)
-  found = ok & (res2 < 1e10)
+def _fab_step(i, carry, c: FabConsts, *, norm, targeted, alpha_max, eta, beta):
+  """One FAB iteration (see the module docstring)."""
+  del i
+  TRACES["fab_step"] += 1
+  fn, x, y = c.fn, c.x, c.y
+  b = x.shape[0]
+  x1, adv, res2 = carry
+  df, dg = _diff_logits_grads(fn, x1, y, c.y_t, targeted)
+  dist1 = jnp.abs(df) / (1e-12 + _dual_norm(dg, norm))
+  ind = jnp.argmin(dist1, axis=1)
+  dg2 = jnp.take_along_axis(dg, ind[:, None, None], axis=1)[:, 0]
+  bb = -_take(df, ind) + jnp.sum(dg2 * x1.reshape(b, -1), axis=-1)
+  d3 = _PROJ[norm](jnp.concatenate([x1.reshape(b, -1), x.reshape(b, -1)], 0),
+                   jnp.concatenate([dg2, dg2], 0), jnp.concatenate([bb, bb], 0))
+  d1 = d3[:b].reshape(x.shape)
+  d2 = d3[b:].reshape(x.shape)
+  a0 = jnp.maximum(_row_norm(d3, norm), 1e-8)
+  a1 = bcast(a0[:b], x)
+  a2 = bcast(a0[b:], x)
+  alpha = jnp.minimum(jnp.maximum(a1 / (a1 + a2), 0.0), alpha_max)
+  x1 = jnp.clip((x1 + eta * d1) * (1 - alpha) + (x + d2 * eta) * alpha, 0.0, 1.0)
+  is_adv = jnp.argmax(fn(x1), -1) != y
+  t = lp_norm(x1 - x, norm)
+  better = is_adv & (t < res2)
+  adv = jnp.where(bcast(better, x), x1, adv)
+  res2 = jnp.where(better, t, res2)
+  x1 = jnp.where(bcast(is_adv, x), x + (x1 - x) * beta, x1)
+  return x1, adv, res2
+
+
+def _fab_finish(c: FabConsts, carry, eps, *, norm) -> FabRun:
+  """The best point where found, and the reference ``perturb``'s success test:
+  misclassified (fresh forward pass) and ``||adv - x||_p <= eps``."""
+  TRACES["fab_finish"] += 1
+  _, adv, res2 = carry
+  x = c.x
+  found = c.ok & (res2 < 1e10)
   adv_c = jnp.where(bcast(found, x), adv, x)
-  still = jnp.argmax(fn(adv_c), -1) == y
+  still = jnp.argmax(c.fn(adv_c), -1) == c.y
   radius = lp_norm(x - adv_c, norm)
-  success = ~(still | (radius > eps))
+  success = ~(still | (radius > jnp.asarray(eps, x.dtype)))
   return FabRun(adv_c, success, jnp.where(found, res2, 1e10))
+
+
+def _fab_core(fn, x, y, x_start, target_class, eps, *, n_iter, norm, targeted,
+              alpha_max, eta, beta) -> FabRun:
+  """One FAB run in a single ``lax.fori_loop``."""
+  c, s = _fab_init(fn, x, y, x_start, target_class, targeted=targeted)
+  body = functools.partial(_fab_step, c=c, norm=norm, targeted=targeted,
+                           alpha_max=alpha_max, eta=eta, beta=beta)
+  return _fab_finish(c, jax.lax.fori_loop(0, n_iter, body, s), eps, norm=norm)
+
+
+_STATIC = ("n_iter", "norm", "targeted", "alpha_max", "eta", "beta")
+_STEP_STATIC = ("norm", "targeted", "alpha_max", "eta", "beta")
+_fab_core_jit = jax.jit(_fab_core, static_argnames=_STATIC)
+_fab_init_jit = jax.jit(_fab_init, static_argnames=("targeted",))
+_fab_step_jit = jax.jit(_fab_step, static_argnames=_STEP_STATIC)
+_fab_finish_jit = jax.jit(_fab_finish, static_argnames=("norm",))
+
+
+def _fab_host(fn, x, y, x_start, target_class, eps, *, n_iter, norm, targeted,
+              alpha_max, eta, beta) -> FabRun:
+  """The same run with one jitted step per iteration (see ``apgd.resolve_loop``)."""
+  c, s = _fab_init_jit(fn, x, y, x_start, target_class, targeted=targeted)
+  for i in range(n_iter):
+    s = _fab_step_jit(jnp.asarray(i, jnp.int32), s, c, norm=norm, targeted=targeted, alpha_max=alpha_max,
+                      eta=eta, beta=beta)
+  return _fab_finish_jit(c, s, eps, norm=norm)
 
 
 def fab_random_start(key: Array, x: Array, eps, norm: str) -> Array:
@@ -275,47 +320,42 @@ def fab_random_start(key: Array, x: Array, eps, norm: str) -> Array:
   return jnp.clip(x + r * t / bcast(lp_norm(t, norm), x) * 0.5, 0.0, 1.0)
 
 
-_STATIC = ("n_iter", "norm", "targeted", "alpha_max", "eta", "beta")
-_fab_core_jit = jax.jit(_fab_core, static_argnames=_STATIC)
-
-
 def fab_single_run(logits_fn, x, y, *, eps, target_class: int | None = None,
                    x_start=None, n_iter: int = 100, norm: str = "linf",
                    alpha_max: float = 0.1, eta: float = 1.05,
-                   beta: float = 0.9) -> FabRun:
+                   beta: float = 0.9, loop: str = "auto") -> FabRun:
   """One FAB run (jitted). ``target_class=k`` targets the ``k``-th most likely clean class.
 
   ``x_start`` defaults to ``x`` (no random start, as FAB-T in AutoAttack).
-  Like the reference, FAB runs in float32.
+  Like the reference, FAB runs in float32. ``loop``: see ``apgd.resolve_loop``.
   """
   norm = canonical_norm(norm)
   x = jnp.asarray(x, jnp.float32)
   x_start = x if x_start is None else jnp.asarray(x_start, jnp.float32)
   tc = jnp.asarray(0 if target_class is None else target_class, jnp.int32)
-  return _fab_core_jit(as_logits_fn(logits_fn), x, jnp.asarray(y), x_start, tc,
-                       jnp.asarray(eps, jnp.float32), n_iter=n_iter, norm=norm,
-                       targeted=target_class is not None, alpha_max=alpha_max,
-                       eta=eta, beta=beta)
+  run = _fab_core_jit if resolve_loop(loop) == "device" else _fab_host
+  return run(as_logits_fn(logits_fn), x, jnp.asarray(y), x_start, tc,
+             jnp.asarray(eps, jnp.float32), n_iter=n_iter, norm=norm,
+             targeted=target_class is not None, alpha_max=alpha_max, eta=eta,
+             beta=beta)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _fab_chunk(fn, x, y, valid, round_idx, key, eps, n_restarts, *, n_iter,
-               norm, targeted, alpha_max, eta, beta):
-  """Per-chunk kernel of :func:`run_rounds`: round ``r`` = (target ``2 + r // R``, restart ``r % R``)."""
-  del valid
+@functools.partial(jax.jit, static_argnames=("norm",))
+def _fab_prepare(x, round_idx, key, eps, n_restarts, *, norm):
+  """Start point and target rank of one chunk: round ``r`` = (target ``2 + r // R``,
+  restart ``r % R``; random start from restart 1 on)."""
+  TRACES["fab_prepare"] += 1
   restart = round_idx % n_restarts
   x_start = jnp.where(restart > 0, fab_random_start(key, x, eps, norm), x)
-  run = _fab_core(fn, x, y, x_start, 2 + round_idx // n_restarts, eps,
-                  n_iter=n_iter, norm=norm, targeted=targeted,
-                  alpha_max=alpha_max, eta=eta, beta=beta)
-  return run.adv, run.success, run.radius
+  return x_start, 2 + round_idx // n_restarts
 
 
 def fab_rounds(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
                targeted: bool = True, n_iter: int = 100, n_restarts: int = 1,
                n_target_classes: int = 9, alpha_max: float = 0.1,
                eta: float = 1.05, beta: float = 0.9, active=None,
-               batch_size: int | None = None, progress=None):
+               batch_size: int | None = None, progress=None, loop: str = "auto",
+               buckets: int = 4):
   """Host driver shared by :func:`fab`, :func:`fab_targeted` and AutoAttack.
 
   Returns ``(x_adv, fooled)`` (numpy); ``x_adv`` is clean where not fooled.
@@ -330,14 +370,19 @@ def fab_rounds(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
   eps_a = jnp.asarray(eps, jnp.float32)
   n_rounds = n_restarts * (n_target_classes if targeted else 1)
 
+  run = _fab_core_jit if resolve_loop(loop) == "device" else _fab_host
+  n_res = jnp.asarray(n_restarts, jnp.int32)
+
   def kernel(xb, yb, valid, r, k):
-    return _fab_chunk(fn, xb, yb, valid, r, k, eps_a,
-                      jnp.asarray(n_restarts, jnp.int32), n_iter=n_iter,
-                      norm=norm, targeted=targeted, alpha_max=alpha_max,
-                      eta=eta, beta=beta)
+    del valid
+    x_start, tc = _fab_prepare(xb, r, k, eps_a, n_res, norm=norm)
+    res = run(fn, xb, yb, x_start, tc, eps_a, n_iter=n_iter, norm=norm,
+              targeted=targeted, alpha_max=alpha_max, eta=eta, beta=beta)
+    return res.adv, res.success, res.radius
 
   x_adv, fooled, _ = run_rounds(kernel, x, y, active, n_rounds=n_rounds,
-                                key=as_key(key), batch_size=bs, progress=progress)
+                                key=as_key(key), batch_size=bs, buckets=buckets,
+                                progress=progress)
   return x_adv, fooled
 
 

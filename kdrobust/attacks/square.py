@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdrobust.attacks.apgd import DEFAULT_BATCH, _pad_rows, as_logits_fn, bcast
+from kdrobust.attacks.apgd import (DEFAULT_BATCH, TRACES, _pad_rows, as_logits_fn,
+                                   bcast, chunks)
 from kdrobust.attacks.projected import as_key, canonical_norm
 
 Array = jax.Array
@@ -253,6 +254,7 @@ def _spatial_norm(v: Array) -> Array:
 
 
 def _square_core(fn, x, y, valid, source, eps, *, n_queries, p_init, norm):
+  TRACES["square"] += 1
   dtype = x.dtype
   b, h, w, c = x.shape
   eps = jnp.asarray(eps, dtype)
@@ -385,7 +387,7 @@ def _square_chunk(fn, x, y, valid, key, eps, *, n_queries, p_init, norm):
 def square_batches(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
                    n_queries: int = 5000, p_init: float = 0.8,
                    n_restarts: int = 1, active=None,
-                   batch_size: int | None = None, progress=None):
+                   batch_size: int | None = None, progress=None, buckets: int = 4):
   """Host driver shared by :func:`square` and AutoAttack.
 
   The ``active`` points, in index order, are cut into chunks of
@@ -408,12 +410,11 @@ def square_batches(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
   eps_a = jnp.asarray(eps, jnp.dtype(x.dtype))
   key = as_key(key)
   done = 0
-  for ci, start in enumerate(range(0, idx.size, bs)):
-    sel = idx[start:start + bs]
+  for ci, (sel, size) in enumerate(chunks(idx, bs, buckets)):
     nv = sel.size
-    xb = jnp.asarray(_pad_rows(x[sel], bs))
-    yb = jnp.asarray(_pad_rows(y[sel], bs))
-    todo = np.arange(bs) < nv
+    xb = jnp.asarray(_pad_rows(x[sel], size))
+    yb = jnp.asarray(_pad_rows(y[sel], size))
+    todo = np.arange(size) < nv
     for r in range(n_restarts):
       if not todo.any():
         break

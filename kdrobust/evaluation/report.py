@@ -25,7 +25,8 @@ def format_table(record: dict[str, Any]) -> str:
   per_eps = record["per_eps"]
   cols = [c for c in COLUMNS if any(c in e["accuracy"] for e in per_eps)]
   width = max([len("eps")] + [len(e["eps_str"]) for e in per_eps]) + 2
-  head = "eps".ljust(width) + "".join(f"{HEADERS[c]:>10}" for c in cols) + f"{'worst':>10}"
+  headers = dict(HEADERS, cw="CW-L2" if record.get("norm") == "L2" else HEADERS["cw"])
+  head = "eps".ljust(width) + "".join(f"{headers[c]:>10}" for c in cols) + f"{'worst':>10}"
   lines = [_title(record), head, "-" * len(head)]
   for e in per_eps:
     lines.append(e["eps_str"].ljust(width)
@@ -59,17 +60,18 @@ def _title(record: dict[str, Any]) -> str:
 
 
 def _diagnostic_lines(diag: dict[str, Any] | None) -> list[str]:
-  """One line per diagnostic (teacher-student gradient figures, local linearity)."""
+  """Teacher-student gradient agreement and local linearity, one line each."""
   if not diag:
     return []
   out = []
-  for key, val in diag.items():
-    if isinstance(val, dict):
-      body = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                       for k, v in val.items())
-    else:
-      body = f"{val:.4g}" if isinstance(val, float) else str(val)
-    out.append(f"{key}: {body}")
+  tg = diag.get("teacher_gradients")
+  if tg:
+    out.append(f"Input gradients vs teacher {tg['teacher']}: GD {tg['gd']:.4g}, "
+               f"GC {tg['gc']:.4f} (teacher clean {_pct(tg['teacher_clean_acc'])})")
+  ll = diag.get("local_linearity")
+  if ll:
+    out.append("Local linearity gamma (mean / max): " + ", ".join(
+        f"eps {k} {v['mean']:.4g} / {v['max']:.4g}" for k, v in ll["per_eps"].items()))
   return out
 
 

@@ -12,7 +12,7 @@ from kdrobust.methods import register
 from kdrobust.methods.base import InnerAttack, LossOut, Method, sg
 from kdrobust.methods.iad import iad_active, iad_loss, iad_weights
 from kdrobust.methods.kd import (attack_kwargs, bn_only_forward, distill_kl,
-                                 forward_if)
+                                 forward_if, is_one)
 
 Array = jax.Array
 
@@ -52,7 +52,7 @@ def adaad_loss(student_adv_logits: Array, teacher_adv_logits: Array,
                       reduction=reduction, mask=mask)
   loss = alpha * kl_adv
   metrics = {"kl_adv": kl_adv}
-  if alpha != 1.0:
+  if not is_one(alpha):
     kl_clean = distill_kl(student_clean_logits, sg(teacher_clean_logits),
                           reduction=reduction, mask=mask)
     loss = loss + (1.0 - alpha) * kl_clean
@@ -95,11 +95,11 @@ class AdaAD(Method):
 
   def loss(self, ctx, student, x_adv, state):
     teacher = ctx.teacher(0)
-    s_clean = (bn_only_forward(student, ctx.x) if self.alpha == 1.0
+    s_clean = (bn_only_forward(student, ctx.x) if is_one(self.alpha)
                else student(ctx.x))
     s_adv = student(x_adv)
     t_adv = sg(teacher(x_adv))
-    t_clean = None if self.alpha == 1.0 else sg(teacher(ctx.x))
+    t_clean = None if is_one(self.alpha) else sg(teacher(ctx.x))
     loss, m = adaad_loss(s_adv, t_adv, s_clean, t_clean, alpha=self.alpha,
                          reduction=self.reduction, mask=ctx.mask)
     m["train_accuracy"] = losses.reduce(losses.accuracy(s_clean, ctx.y), ctx.mask)
@@ -147,7 +147,7 @@ class AdaIAD(Method):
     s_first = bn_only_forward(student, ctx.x)  # the code's ori_outputs (metrics only)
     s_adv = student(x_adv)
     s_target = forward_if(student, active, ctx.x)
-    s_clean = (bn_only_forward(student, ctx.x) if self.alpha == 1.0
+    s_clean = (bn_only_forward(student, ctx.x) if is_one(self.alpha)
                else student(ctx.x))
     t_adv = sg(ctx.teacher(0)(x_adv))
     w = iad_weights(t_adv, ctx.y, self.beta)

@@ -10,7 +10,8 @@ from kdrobust import losses
 from kdrobust import attacks as attacks_lib
 from kdrobust.methods import register
 from kdrobust.methods.base import InnerAttack, LossOut, Method, sg
-from kdrobust.methods.kd import attack_kwargs, bn_only_forward, distill_kl
+from kdrobust.methods.kd import (attack_kwargs, bn_only_forward, distill_kl,
+                                 is_one)
 
 Array = jax.Array
 
@@ -45,7 +46,7 @@ def ard_loss(student_adv_logits: Array, student_clean_logits: Array | None,
                   reduction=reduction, mask=mask)
   loss = alpha * temperature**2 * kl
   metrics = {"kl": kl}
-  if alpha != 1.0:
+  if not is_one(alpha):
     ce = losses.reduce(losses.xent(student_clean_logits, labels), mask)
     loss = loss + (1.0 - alpha) * ce
     metrics["ce"] = ce
@@ -94,7 +95,7 @@ class ARD(Method):
 
   def loss(self, ctx, student, x_adv, state):
     s_adv = student(x_adv)
-    s_clean = (bn_only_forward(student, ctx.x) if self.alpha == 1.0
+    s_clean = (bn_only_forward(student, ctx.x) if is_one(self.alpha)
                else student(ctx.x))
     t_in = ctx.x if self.teacher_input == "clean" else x_adv
     t = sg(ctx.teacher(0)(t_in))

@@ -1,4 +1,7 @@
-"""DARHT: Distilling Adversarial Robustness using Heterogeneous Teachers (Deng et al., arXiv 2402.15586)."""
+"""DARHT: Distilling Adversarial Robustness using Heterogeneous Teachers.
+
+Deng, Palmer, Mahmood, Rathbun, Bi, Mahmood, Aguiar; arXiv 2402.15586.
+"""
 
 from __future__ import annotations
 
@@ -95,7 +98,8 @@ class DARHT(Method):
 
   Loss (student in train mode, one forward on ``x~``), with ``e = ctx.epoch - 1``
   the code's 0-indexed epoch:
-  ``L = [e < 118] CE(h(z(x~)), y) + [e >= 50] sum_k w_k KL_batchmean(p_{t_k}(x~) || softmax(z_k(x~)))``,
+  ``L = [e < 118] CE(h(z(x~)), y)
+        + [e >= 50] sum_k w_k KL_batchmean(p_{t_k}(x~) || softmax(z_k(x~)))``,
   ``w_k = exp(-(1/B) sum_i CE(t_k(x~_i), y_i))`` recomputed every batch, not
   normalised, constant. The teachers only run (inside a ``lax.cond``) when the
   KD term is on. Batches whose mean CE exceeds ``ce_skip_threshold = 8`` are

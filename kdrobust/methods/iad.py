@@ -12,7 +12,7 @@ from kdrobust.methods import register
 from kdrobust.methods.ard import ce_inner
 from kdrobust.methods.base import InnerAttack, LossOut, Method, sg
 from kdrobust.methods.kd import (attack_kwargs, bn_only_forward, distill_kl,
-                                 forward_if)
+                                 forward_if, is_one)
 
 Array = jax.Array
 
@@ -71,7 +71,7 @@ def iad_loss(student_adv_logits: Array, student_clean_logits: Array | None,
   metrics = {"kl": kl, "introspection": intro,
              "introspection_active": jnp.asarray(active, jnp.float32),
              "teacher_reliability": losses.reduce(weights, mask)}
-  if alpha != 1.0:
+  if not is_one(alpha):
     ce = losses.reduce(losses.xent(student_clean_logits, labels), mask)
     loss = loss + (1.0 - alpha) * ce
     metrics["ce"] = ce
@@ -120,7 +120,7 @@ class IAD(Method):
   def loss(self, ctx, student, x_adv, state):
     active = iad_active(ctx.epoch, self.begin)
     s_adv = student(x_adv)
-    s_clean = (bn_only_forward(student, ctx.x) if self.alpha == 1.0
+    s_clean = (bn_only_forward(student, ctx.x) if is_one(self.alpha)
                else student(ctx.x))
     s_target = forward_if(student, active, ctx.x)
     teacher = ctx.teacher(0)

@@ -98,7 +98,11 @@ _CLASSES: dict[type, type] = {}
 
 
 def _wrapped_class(base_cls: type) -> type:
-  """One ``IGDM`` subclass per base class, with class vars ``name = 'igdm_<base>'``, ``teachers``."""
+  """One ``IGDM`` subclass per base class, with class vars ``name`` and ``teachers``.
+
+  ``name = 'igdm_<base name>'``; ``teachers = (1, 1)`` (``train.py`` reads
+  ``type(method).teachers``).
+  """
   if base_cls not in _CLASSES:
     cls = type(f"IGDM_{base_cls.__name__}", (IGDM,),
                {"__module__": __name__, "__qualname__": f"IGDM_{base_cls.__name__}",

@@ -59,6 +59,14 @@ def kd_loss(student_logits: Array, teacher_logits: Array, labels: Array, *,
   return loss, {"ce": ce, "kl": kl}
 
 
+def is_one(weight) -> bool:
+  """Whether ``weight`` is the Python number 1 (a term weighted ``1 - weight`` is off).
+
+  Traced weights are never "one": their terms are always computed.
+  """
+  return isinstance(weight, (int, float)) and float(weight) == 1.0
+
+
 def attack_kwargs(attack: InnerAttack) -> dict[str, Any]:
   """The fields of an :class:`InnerAttack` as keyword arguments of ``pgd_inner``."""
   return dict(eps=attack.eps, step_size=attack.step_size, steps=attack.steps,

@@ -1,4 +1,7 @@
-"""KDIGA: Knowledge Distillation with Input Gradient Alignment (Shao, Yi, Chen, Hsieh; arXiv 2110.12072)."""
+"""KDIGA: Knowledge Distillation with Input Gradient Alignment.
+
+Shao, Yi, Chen, Hsieh; arXiv 2110.12072.
+"""
 
 from __future__ import annotations
 

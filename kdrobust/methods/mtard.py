@@ -17,9 +17,9 @@ Array = jax.Array
 
 
 def mtard_init_state() -> dict[str, Array]:
-  """``w_nat = 0.5`` (``w_adv = 1 - w_nat``) and no first-batch losses yet."""
+  """``w_adv = w_nat = 0.5`` and no first-batch losses yet (``initialized = 0``)."""
   f = lambda v: jnp.asarray(v, jnp.float32)
-  return {"w_nat": f(0.5), "init_adv": f(0.0), "init_nat": f(0.0),
+  return {"w_adv": f(0.5), "w_nat": f(0.5), "init_adv": f(0.0), "init_nat": f(0.0),
           "initialized": f(0.0)}
 
 
@@ -120,7 +120,7 @@ class MTARD(Method):
     w_adv, w_nat = mtard_weight_update(state["w_nat"], l_adv, l_nat, init_adv,
                                        init_nat, lr_w, b=self.b)
     loss = w_adv * l_adv + w_nat * l_nat
-    new_state = {"w_nat": w_nat, "init_adv": init_adv, "init_nat": init_nat,
+    new_state = {"w_adv": w_adv, "w_nat": w_nat, "init_adv": init_adv, "init_nat": init_nat,
                  "initialized": jnp.ones((), jnp.float32)}
     m = {"kl_adv": l_adv, "kl_nat": l_nat, "w_adv": w_adv, "w_nat": w_nat,
          "weight_lr": lr_w,

@@ -1,0 +1,130 @@
+"""Any distillation method on real digits, in minutes on a CPU.
+
+    python -m kdrobust.main --config configs/quickstart.py --workdir runs/quickstart/teacher
+    python -m kdrobust.main --config configs/digits_distill.py:method=rslad --workdir runs/digits/rslad
+    python -m kdrobust.main --config configs/digits_distill.py:method=ard,igdm=5 --workdir runs/digits/ard_igdm
+    python -m kdrobust.main --config configs/digits_distill.py:method=pgd_at,igdm=5 \
+        --workdir runs/digits/pgd_at_igdm
+
+Multi-teacher methods read a second teacher, ``teacher2=`` (default: the same
+run as ``teacher``). For MTARD's natural teacher train one first:
+
+    python -m kdrobust.main --config configs/quickstart.py --config.method.name=natural \
+        --workdir runs/quickstart/natural
+    python -m kdrobust.main --config configs/digits_distill.py:method=mtard,teacher2=runs/quickstart/natural \
+        --workdir runs/digits/mtard
+    python -m kdrobust.main --config configs/digits_distill.py:method=darht,teacher2=runs/quickstart/natural \
+        --workdir runs/digits/darht
+
+Args: ``method=`` every registered method that takes a teacher (``kd``,
+``ard``, ``iad``, ``rslad``, ``mtard``, ``kdiga``, ``kdiga_ard``, ``adaad``,
+``adaiad``, ``darht``; the list is read from the registry) and ``pgd_at`` /
+``trades`` with ``igdm`` > 0; ``igdm=<alpha>`` (0 = off; only for the bases
+IGDM supports), ``teacher=`` (default ``runs/quickstart/teacher``, the PGD-AT
+``small_cnn`` of configs/quickstart.py, read at its best checkpoint),
+``teacher2=`` (MTARD's natural teacher, DARHT's second teacher; read at its
+latest checkpoint, because a natural run's "best" by PGD-20 is meaningless),
+``epochs=10``, ``eps=0.1``.
+
+Data: scikit-learn's bundled 8x8 digits (1,437 train / 360 test), prepared on
+first use. Student ``tiny_cnn`` (widths 16-32-64), per-dataset normalisation
+inside the model. SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 64,
+cosine schedule, eps 0.1 in [0, 1] pixels, inner attack 5 steps of eps/4 from
+each method's own start (uniform or gaussian), evaluation PGD-20 at eps every
+5 epochs. CHOICES for short CPU runs
+(``paper_settings.SHORT_RUN``): every KL at ``batchmean`` (no 1/C, no
+RSLAD/MTARD 0.1 factor), tau = 1 for ARD and AdaIAD, IAD/AdaIAD ``begin``
+and DARHT's curriculum at the papers' fraction of the run (30% for
+``begin``; DARHT's 50/350 and 118/350), MTARD's weight step not decayed
+(cosine lr). MTARD: teacher 0 = ``teacher`` (adversarial), teacher 1 =
+``teacher2`` (natural). DARHT: K = 2 slots (``teacher``, ``teacher2``) and,
+because ``tiny_cnn`` has no multi-slot head, a WRN-10-1 student (``wrn``,
+depth 10, width 1, 78k parameters). Accuracies on digits are demos, not paper
+results.
+"""
+
+import os
+import sys
+
+from kdrobust import config_lib
+from kdrobust import methods as methods_lib
+from kdrobust.methods import igdm as igdm_lib
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+  sys.path.insert(0, _HERE)
+import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+IGDM_ONLY = ("pgd_at", "trades")  # teacher-free bases: a teacher only through IGDM
+
+
+def distill_methods():
+  """Registered methods that take a teacher, plus the IGDM-only bases."""
+  names = [n for n in methods_lib.available() if methods_lib.get_class(n).teachers[0] >= 1]
+  return sorted(names) + list(IGDM_ONLY)
+
+
+def method_and_teachers(method, igdm, eps, epochs, teacher, teacher2):
+  """``(config.method, config.teachers, student name, student kwargs)`` of a short CPU run.
+
+  Shared with configs/subset_distill.py.
+  """
+  ps.choice("method", method, distill_methods())
+  if method in IGDM_ONLY and igdm <= 0:
+    raise ValueError(f"{method} uses a teacher only through IGDM: set igdm=<alpha> > 0 "
+                     "(plain adversarial training: configs/quickstart.py).")
+  if igdm > 0 and method not in igdm_lib.SUPPORTED:
+    raise ValueError(f"IGDM is not defined for {method!r}; it supports: "
+                     f"{', '.join(igdm_lib.SUPPORTED)}.")
+  hparams = ps.short_run_hparams(method, epochs)
+  attack = {"eps": eps, "step_size": eps / 4, "steps": 5}
+  method_config = config_lib.method_config(method, igdm_alpha=igdm, attack=attack, **hparams)
+  first = config_lib.teacher_config(teacher)
+  second = config_lib.teacher_config(teacher2 or teacher, which="latest")
+  student, model_kw = "tiny_cnn", {}
+  if method == "mtard":  # sorted names: adversarial (0) before natural (1)
+    teachers = {"adversarial": first, "natural": second}
+  elif method == "darht":  # slot k imitates teacher k; names keep the order
+    teachers = {"t0_teacher": first, "t1_teacher2": second}
+    # tiny_cnn has no multi-slot head (no ``head_slots``): a WRN-10-1 (78k
+    # parameters, between tiny_cnn's 24k and small_cnn's 94k) until it does.
+    student, model_kw = "wrn", {"depth": 10, "width": 1, "head_slots": 2}
+  else:
+    teachers = {"teacher": first}
+  return method_config, teachers, student, model_kw
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, method="adaad", igdm=0.0, teacher="runs/quickstart/teacher",
+                           teacher2="", epochs=10, eps=0.1)
+  method, teachers, student, model_kw = method_and_teachers(
+      a.method, a.igdm, a.eps, a.epochs, a.teacher, a.teacher2)
+  c = config_lib.base_config()
+  c.seed = 0
+  c.num_epochs = a.epochs
+  c.data.name = "digits"
+  c.data.batch_size = 64
+  c.data.eval_batch_size = 120
+  c.model.name = student
+  c.model.kwargs = model_kw
+  c.method = method
+  c.teachers = teachers
+  c.optim.lr = 0.05
+  c.optim.weight_decay = 5e-4
+  c.optim.schedule = "cosine"
+  c.eval.eps = a.eps
+  c.eval.every_epochs = 5
+  c.log_every_steps = 20
+  return c
+
+
+def arg_combinations():
+  """Every setting this file documents (the tests build each one)."""
+  out = []
+  for m in distill_methods():
+    if m not in IGDM_ONLY:
+      out.append(f"method={m}")
+    if m in igdm_lib.SUPPORTED:
+      out.append(f"method={m},igdm=5")
+  return out + ["method=mtard,teacher2=runs/quickstart/natural",
+                "method=darht,teacher2=runs/quickstart/natural"]

@@ -1,0 +1,78 @@
+"""Any distillation method on the real CIFAR-10 subset (5,085 / 1,017 images), on a CPU.
+
+Prepare the subset and train its teacher once (see configs/cifar10_subset_pgd_at.py):
+
+    python -m kdrobust.data.prepare cifar10 \
+        --source ../shared/data/cifar10-subset/cifar-10-python-subset.tar.gz \
+        --data_dir data/cifar10_subset
+    python -m kdrobust.main --config configs/cifar10_subset_pgd_at.py --workdir runs/subset_pgd_at
+
+then
+
+    python -m kdrobust.main --config configs/subset_distill.py:method=rslad --workdir runs/subset/rslad
+    python -m kdrobust.main --config configs/subset_distill.py:method=adaad,igdm=5 \
+        --workdir runs/subset/adaad_igdm
+
+MTARD and DARHT take a second teacher, ``teacher2=`` (default: the same run as
+``teacher``); MTARD's natural teacher:
+
+    python -m kdrobust.main --config configs/cifar10_subset_pgd_at.py:method=natural \
+        --workdir runs/subset_natural
+    python -m kdrobust.main --config configs/subset_distill.py:method=mtard,teacher2=runs/subset_natural \
+        --workdir runs/subset/mtard
+
+Args: as configs/digits_distill.py (``method=``, ``igdm=<alpha>``,
+``teacher=`` default ``runs/subset_pgd_at``, ``teacher2=``, ``epochs=10``,
+``eps=0.03137`` = 8/255) plus ``data_dir=`` (default ``data/cifar10_subset``).
+
+Teacher: the ``small_cnn`` PGD-AT run of configs/cifar10_subset_pgd_at.py
+(eps 8/255, 10 epochs). Student ``tiny_cnn`` (DARHT: WRN-10-1, see
+configs/digits_distill.py), per-dataset normalisation inside the model. SGD lr
+0.05, momentum 0.9, weight decay 5e-4, batch 128, cosine schedule, inner attack
+5 steps of 2/255 in the 8/255 ball, evaluation PGD-20 at 8/255 every 5 epochs
+on the 1,017 test images; method hyperparameters as configs/digits_distill.py
+(``paper_settings.SHORT_RUN``). Accuracies on this subset are not CIFAR-10
+results.
+"""
+
+import os
+import sys
+
+from kdrobust import config_lib
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+  sys.path.insert(0, _HERE)
+import digits_distill  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, method="adaad", igdm=0.0, teacher="runs/subset_pgd_at",
+                           teacher2="", epochs=10, eps=8 / 255,
+                           data_dir="data/cifar10_subset")
+  method, teachers, student, model_kw = digits_distill.method_and_teachers(
+      a.method, a.igdm, a.eps, a.epochs, a.teacher, a.teacher2)
+  c = config_lib.base_config()
+  c.seed = 0
+  c.num_epochs = a.epochs
+  c.data.name = "cifar10"
+  c.data.data_dir = a.data_dir
+  c.data.batch_size = 128
+  c.data.eval_batch_size = 339  # 1,017 = 3 x 339: no padding needed
+  c.model.name = student
+  c.model.kwargs = model_kw
+  c.method = method
+  c.teachers = teachers
+  c.optim.lr = 0.05
+  c.optim.weight_decay = 5e-4
+  c.optim.schedule = "cosine"
+  c.eval.eps = a.eps
+  c.eval.every_epochs = 5
+  c.log_every_steps = 10
+  return c
+
+
+def arg_combinations():
+  """Every setting this file documents (the tests build each one)."""
+  return [s.replace("runs/quickstart/natural", "runs/subset_natural")
+          for s in digits_distill.arg_combinations()]
