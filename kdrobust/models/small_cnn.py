@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdrobust.models import register
-from kdrobust.models.layers import Normalize, compute_dtype
+from kdrobust.models.layers import Normalize, classifier_head, compute_dtype
 
 
 class SmallCNN(nn.Module):
@@ -18,6 +18,7 @@ class SmallCNN(nn.Module):
   mean: Sequence[float] | None = None
   std: Sequence[float] | None = None
   dtype: Any = "float32"
+  head_slots: int = 0  # > 0: DARHT's K-teacher slot head (layers.classifier_head)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -30,8 +31,7 @@ class SmallCNN(nn.Module):
                        epsilon=1e-5, dtype=dt)(x)
       x = nn.relu(x)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=dt)(x)
-    return x.astype(jnp.float32)
+    return classifier_head(self, x, self.num_classes, self.head_slots, dt)
 
 
 @register("small_cnn")

@@ -134,7 +134,7 @@ def _load_run(name: str, tc, dtype: str) -> Teacher:
     step = int(which)
   if step is None:
     raise TeacherError(f"Teacher run {tc.path!r} has no checkpoint yet.")
-  raw = ckpt.restore_raw(step)
+  raw = ckpt.restore_raw_single_device(step)  # any device count at save time
   ckpt.close()
   model_cfg = mlc.ConfigDict(spec["model"])
   model_cfg.dtype = dtype
