@@ -37,9 +37,8 @@ RSLAD/MTARD 0.1 factor), tau = 1 for ARD and AdaIAD, IAD/AdaIAD ``begin``
 and DARHT's curriculum at the papers' fraction of the run (30% for
 ``begin``; DARHT's 50/350 and 118/350), MTARD's weight step not decayed
 (cosine lr). MTARD: teacher 0 = ``teacher`` (adversarial), teacher 1 =
-``teacher2`` (natural). DARHT: K = 2 slots (``teacher``, ``teacher2``) and,
-because ``tiny_cnn`` has no multi-slot head, a WRN-10-1 student (``wrn``,
-depth 10, width 1, 78k parameters). Accuracies on digits are demos, not paper
+``teacher2`` (natural). DARHT: K = 2 slots (``teacher``, ``teacher2``),
+``model.kwargs.head_slots = 2``. Accuracies on digits are demos, not paper
 results.
 """
 
@@ -86,9 +85,7 @@ def method_and_teachers(method, igdm, eps, epochs, teacher, teacher2):
     teachers = {"adversarial": first, "natural": second}
   elif method == "darht":  # slot k imitates teacher k; names keep the order
     teachers = {"t0_teacher": first, "t1_teacher2": second}
-    # tiny_cnn has no multi-slot head (no ``head_slots``): a WRN-10-1 (78k
-    # parameters, between tiny_cnn's 24k and small_cnn's 94k) until it does.
-    student, model_kw = "wrn", {"depth": 10, "width": 1, "head_slots": 2}
+    model_kw = {"head_slots": 2}
   else:
     teachers = {"teacher": first}
   return method_config, teachers, student, model_kw

@@ -26,11 +26,10 @@ Args: as configs/digits_distill.py (``method=``, ``igdm=<alpha>``,
 ``eps=0.03137`` = 8/255) plus ``data_dir=`` (default ``data/cifar10_subset``).
 
 Teacher: the ``small_cnn`` PGD-AT run of configs/cifar10_subset_pgd_at.py
-(eps 8/255, 10 epochs). Student ``tiny_cnn`` (DARHT: WRN-10-1, see
-configs/digits_distill.py), per-dataset normalisation inside the model. SGD lr
-0.05, momentum 0.9, weight decay 5e-4, batch 128, cosine schedule, inner attack
-5 steps of 2/255 in the 8/255 ball, evaluation PGD-20 at 8/255 every 5 epochs
-on the 1,017 test images; method hyperparameters as configs/digits_distill.py
+(eps 8/255, 10 epochs). Student ``tiny_cnn`` (DARHT: with 2 teacher slots),
+per-dataset normalisation inside the model. SGD lr 0.05, momentum 0.9, weight
+decay 5e-4, batch 128, cosine schedule, inner attack 5 steps of 2/255 in the
+8/255 ball, evaluation PGD-20 at 8/255 every 5 epochs on the 1,017 test images; method hyperparameters as configs/digits_distill.py
 (``paper_settings.SHORT_RUN``). Accuracies on this subset are not CIFAR-10
 results.
 """

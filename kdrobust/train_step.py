@@ -47,7 +47,12 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
     key = jax.random.fold_in(base_key, state.step)
     epoch = (state.step // steps_per_epoch + 1).astype(jnp.float32)
     variables = state.variables()
-    student_eval = lambda x: apply_fn(variables, x, train=False)
+    if method.attack.bn_mode == "batch" and state.batch_stats:
+      # Batch statistics of the attacked batch; running statistics untouched.
+      student_inner = lambda x: apply_fn(variables, x, train=True, mutable=["batch_stats"],
+                                         rngs={"dropout": jax.random.fold_in(key, 2)})[0]
+    else:
+      student_inner = lambda x: apply_fn(variables, x, train=False)
     teachers = tuple(teacher_logits_fn(f, v)
                      for f, v in zip(teacher_apply_fns, teacher_variables))
     mask = batch.get("mask")
@@ -56,7 +61,7 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
     ctx = Ctx(x=batch["image"], y=batch["label"], mask=mask,
               key=jax.random.fold_in(key, 0), epoch=epoch,
               num_epochs=num_epochs, num_classes=num_classes,
-              student_eval=student_eval, teachers=teachers)
+              student_inner=student_inner, teachers=teachers)
     x_adv = method.perturb(ctx)
     if x_adv is not None:
       x_adv = jax.lax.stop_gradient(x_adv)

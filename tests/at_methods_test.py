@@ -28,7 +28,7 @@ def _ctx(x, y):
   variables = {"params": {"w": jnp.asarray(W)}}
   return Ctx(x=x, y=y, mask=jnp.ones(y.shape, bool), key=jax.random.PRNGKey(0),
              epoch=jnp.float32(1), num_epochs=10, num_classes=3,
-             student_eval=lambda u: apply_fn(variables, u)), variables
+             student_inner=lambda u: apply_fn(variables, u)), variables
 
 
 X = np.array([[[[0.2], [0.9]], [[0.4], [0.1]]], [[[0.6], [0.3]], [[0.5], [0.8]]]], np.float32)
@@ -59,9 +59,9 @@ def test_trades_inner_attack_increases_the_kl_and_stays_in_ball():
   m = methods.make("trades", attack={"eps": 0.05, "step_size": 0.01, "steps": 5})
   xa = m.perturb(ctx)
   from kdrobust import losses
-  clean = ctx.student_eval(ctx.x)
+  clean = ctx.student_inner(ctx.x)
   assert float(jnp.abs(xa - ctx.x).max()) <= 0.05 + 1e-6
-  assert float(losses.kl(ctx.student_eval(xa), clean).sum()) > 1e-4
+  assert float(losses.kl(ctx.student_inner(xa), clean).sum()) > 1e-4
 
 
 def test_train_forward_threads_batch_norm_statistics_in_order():
@@ -90,3 +90,36 @@ def test_registry_errors_list_valid_names():
   with pytest.raises(ValueError, match="inner-attack field"):
     methods.make("pgd_at", attack={"epsilon": 0.1})
   assert {"natural", "pgd_at", "trades"} <= set(methods.available())
+
+
+def test_inner_attack_bn_mode_is_configurable():
+  import flax.linen as nn
+  import optax
+  from kdrobust import train_step
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      h = nn.Conv(4, (3, 3))(x)
+      h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+      return nn.Dense(3)(jnp.mean(nn.relu(h), axis=(1, 2)))
+
+  net = Net()
+  x = jax.random.uniform(jax.random.PRNGKey(0), (8, 4, 4, 1))
+  v = net.init(jax.random.PRNGKey(1), x)
+  from kdrobust.state import TrainState
+  tx = optax.sgd(0.1)
+  batch = {"image": x, "label": jnp.arange(8) % 3}
+  params = {}
+  for mode in ("eval", "batch"):
+    m = methods.make("pgd_at", attack={"eps": 0.1, "step_size": 0.05, "steps": 2, "bn_mode": mode})
+    st = TrainState.create(v["params"], v["batch_stats"], tx, {})
+    step = train_step.make_train_step(apply_fn=net.apply, method=m, tx=tx, num_classes=3,
+                                      num_epochs=1, steps_per_epoch=1, seed=0)
+    new, _ = step(st, (), batch)
+    params[mode] = new.params
+  diff = max(float(jnp.abs(a - b).max()) for a, b in
+             zip(jax.tree.leaves(params["eval"]), jax.tree.leaves(params["batch"])))
+  assert diff > 0  # the attack saw different statistics
+  with pytest.raises(ValueError, match="bn_mode"):
+    methods.make("pgd_at", attack={"bn_mode": "train"})

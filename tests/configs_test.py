@@ -138,6 +138,15 @@ def test_cifar_recipes(name):
         assert re.fullmatch(r"teachers/cifar100?/Linf/[\w.-]+\.pt", tc.path)
 
 
+@pytest.mark.parametrize("name", CIFAR_FILES + ("cifar10_pgd_at", "cifar10_trades"))
+def test_full_cifar_batches_fit_multi_gpu_meshes(name):
+  """Train and eval batches divide 1, 2, 4, 8 and 16 devices (launch/slurm_gpu.sh)."""
+  mod = load(name)
+  for arg in [None] + getattr(mod, "arg_combinations", list)():
+    c = mod.get_config(arg)
+    assert c.data.batch_size % 16 == 0 and c.data.eval_batch_size % 16 == 0, (name, arg)
+
+
 def _args(arg):
   return dict(p.split("=", 1) for p in (arg or "").split(",") if p)
 

@@ -68,6 +68,31 @@ def _bisect(pred_at, n_rows: int, d: int, ub0: int):
   return lb.astype(jnp.int32)
 
 
+_PAIRWISE_MAX_D = 128
+
+
+def argsort_rows(a: Array) -> Array:
+  """Stable ascending ``argsort`` along the last axis of ``a [N, D]``.
+
+  XLA:CPU's comparator sort is ~40x slower than numpy on small rows, so on
+  CPU with ``D <= 128`` the permutation is built from pairwise ranks
+  (``rank_i = #{j: a_j < a_i} + #{j < i: a_j = a_i}``, then scattered): the
+  same stable order, in O(D^2) vectorised work. Elsewhere ``jnp.argsort``.
+  """
+  n, d = a.shape
+  if jax.default_backend() != "cpu" or d > _PAIRWISE_MAX_D:
+    return jnp.argsort(a, axis=-1)
+  ai = a[:, :, None]
+  aj = a[:, None, :]
+  idx = jnp.arange(d)
+  earlier = idx[None, :] < idx[:, None]  # [i, j]: j < i
+  rank = jnp.sum((aj < ai) | ((aj == ai) & earlier[None]), axis=-1)
+  rows = jnp.broadcast_to(jnp.arange(n)[:, None], (n, d))
+  perm = jnp.zeros((n, d), jnp.int32).at[rows, rank].set(
+      jnp.broadcast_to(idx.astype(jnp.int32), (n, d)))
+  return perm
+
+
 def _take(a: Array, idx: Array) -> Array:
   """``a[n, idx[n]]`` for ``a [N, D]``, ``idx [N]``."""
   return jnp.take_along_axis(a, idx[:, None], axis=1)[:, 0]
@@ -90,7 +115,7 @@ def projection_linf(t: Array, w: Array, b: Array) -> Array:
   nz = (w != 0).astype(w.dtype)
   d = (a - t) * nz
   p = a - t * (2 * a - 1)
-  indp = jnp.argsort(p, axis=1)
+  indp = argsort_rows(p)
   b = b - jnp.sum(w * t, axis=1)
   b0 = jnp.sum(w * d, axis=1)
   indp2 = jnp.flip(indp, axis=1)
@@ -135,7 +160,7 @@ def projection_l2(t: Array, w: Array, b: Array) -> Array:
   r = jnp.clip(jnp.maximum(t / w, (t - 1) / w), -1e12, 1e12)
   r = jnp.where(small, 1e12, r)
   r = jnp.where(r == -1e12, 1e12, r)
-  indr = jnp.argsort(r, axis=1)
+  indr = argsort_rows(r)
   rs = jnp.take_along_axis(r, indr, axis=1)
   rs2 = jnp.concatenate([rs[:, 1:], jnp.zeros_like(rs[:, :1])], axis=1)
   rs = jnp.where(rs == 1e12, 0.0, rs)

@@ -90,7 +90,7 @@ class AdaAD(Method):
   reduction: str = "elemmean"
 
   def perturb(self, ctx):
-    return adaad_inner(ctx.student_eval, ctx.teacher(0), ctx.x,
+    return adaad_inner(ctx.student_inner, ctx.teacher(0), ctx.x,
                        ctx.sub_key("attack"), **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):
@@ -139,7 +139,7 @@ class AdaIAD(Method):
   reduction: str = "batchmean"
 
   def perturb(self, ctx):
-    return adaad_inner(ctx.student_eval, ctx.teacher(0), ctx.x,
+    return adaad_inner(ctx.student_inner, ctx.teacher(0), ctx.x,
                        ctx.sub_key("attack"), **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):

@@ -5,8 +5,9 @@ are its hyperparameters. The shared train step (:mod:`kdrobust.train_step`)
 runs every method the same way:
 
 1. build a :class:`Ctx` for the batch: inputs, labels, mask, a PRNG key, the
-   current epoch, the student in **inference** mode (running batch-norm
-   statistics, nothing updated) and each teacher in inference mode;
+   current epoch, the student as the inner attack sees it (``attack.bn_mode``:
+   by default **inference** mode, running batch-norm statistics, nothing
+   updated) and each teacher in inference mode;
 2. ``x_adv = method.perturb(ctx)``: the inner maximisation (or ``None`` for
    methods trained on clean inputs only); its result is ``stop_gradient``-ed;
 3. inside ``loss_fn(params)``: ``method.loss(ctx, student, x_adv, state)``
@@ -32,6 +33,7 @@ from kdrobust.attacks import projected as pgd_lib
 
 Array = jax.Array
 LogitsFn = Callable[[Array], Array]
+BN_MODES = ("eval", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,14 @@ class InnerAttack:
   ``init``: ``'uniform'`` (clip(x + U[-eps, eps])) or ``'gaussian'``
   (x + 0.001 N(0, I), TRADES-style) or ``'none'``; ``unroll`` is passed to
   ``lax.fori_loop`` (unrolling is faster on XLA:CPU, see environment.md).
+
+  ``bn_mode`` is the student's batch-norm mode during the attack: ``'eval'``
+  (running statistics; the TRADES, RSLAD, AdaAD, MTARD and DARHT code, and
+  methods.md's convention) or ``'batch'`` (statistics of the attacked batch,
+  running statistics not updated). The official ARD, IAD and KDIGA code runs
+  its attack with the network in train mode, which also *updates* the running
+  statistics at every attack step; ``'batch'`` reproduces its forward and
+  gradients but not those extra running-statistic updates (an approximation).
   """
   eps: float = 8 / 255
   step_size: float = 2 / 255
@@ -48,6 +58,11 @@ class InnerAttack:
   norm: str = "linf"
   init: str = "uniform"
   unroll: int = 1
+  bn_mode: str = "eval"
+
+  def __post_init__(self):
+    if self.bn_mode not in BN_MODES:
+      raise ValueError(f"Unknown attack bn_mode {self.bn_mode!r}; valid: {BN_MODES}.")
 
   def __call__(self, objective: Callable[[Array], Array], x: Array,
                key: Array) -> Array:
@@ -73,7 +88,7 @@ class Ctx:
   epoch: Array
   num_epochs: int
   num_classes: int
-  student_eval: LogitsFn
+  student_inner: LogitsFn  # the student as the inner attack sees it (attack.bn_mode)
   teachers: tuple[LogitsFn, ...] = ()
 
   def teacher(self, i: int = 0) -> LogitsFn:

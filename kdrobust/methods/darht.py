@@ -126,7 +126,7 @@ class DARHT(Method):
     coin = jax.random.bernoulli(ctx.sub_key("mix"), self.p_adv)
     return jax.lax.cond(
         coin,
-        lambda x: ce_inner(ctx.student_eval, x, ctx.y, ctx.sub_key("attack"),
+        lambda x: ce_inner(ctx.student_inner, x, ctx.y, ctx.sub_key("attack"),
                            **attack_kwargs(self.attack)),
         lambda x: x,
         ctx.x)

@@ -114,7 +114,7 @@ class IAD(Method):
   reduction: str = "batchmean"
 
   def perturb(self, ctx):
-    return ce_inner(ctx.student_eval, ctx.x, ctx.y, ctx.sub_key("attack"),
+    return ce_inner(ctx.student_inner, ctx.x, ctx.y, ctx.sub_key("attack"),
                     **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):

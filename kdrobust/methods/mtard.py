@@ -102,7 +102,7 @@ class MTARD(Method):
     return mtard_init_state()
 
   def perturb(self, ctx):
-    return ce_inner(ctx.student_eval, ctx.x, ctx.y, ctx.sub_key("attack"),
+    return ce_inner(ctx.student_inner, ctx.x, ctx.y, ctx.sub_key("attack"),
                     **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):

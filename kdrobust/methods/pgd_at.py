@@ -23,7 +23,7 @@ class PgdAT(Method):
   attack: InnerAttack = InnerAttack(init="uniform")
 
   def perturb(self, ctx):
-    return self.attack(lambda u: losses.xent(ctx.student_eval(u), ctx.y),
+    return self.attack(lambda u: losses.xent(ctx.student_inner(u), ctx.y),
                        ctx.x, ctx.sub_key("attack"))
 
   def loss(self, ctx, student, x_adv, state):

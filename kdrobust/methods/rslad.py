@@ -82,7 +82,7 @@ class RSLAD(Method):
 
   def perturb(self, ctx):
     t = ctx.teacher(0)(ctx.x)
-    return rslad_inner(ctx.student_eval, t, ctx.x, ctx.sub_key("attack"),
+    return rslad_inner(ctx.student_inner, t, ctx.x, ctx.sub_key("attack"),
                        **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):

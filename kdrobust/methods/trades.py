@@ -33,8 +33,8 @@ class Trades(Method):
   beta: float = 6.0
 
   def perturb(self, ctx):
-    clean = sg(ctx.student_eval(ctx.x))
-    return self.attack(lambda u: losses.kl(ctx.student_eval(u), clean),
+    clean = sg(ctx.student_inner(ctx.x))
+    return self.attack(lambda u: losses.kl(ctx.student_inner(u), clean),
                        ctx.x, ctx.sub_key("attack"))
 
   def loss(self, ctx, student, x_adv, state):

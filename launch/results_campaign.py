@@ -1,0 +1,327 @@
+"""Results campaign: one robust teacher distilled by every method, evaluated.
+
+    python launch/results_campaign.py --dataset digits --seeds 0,1,2 --root /work/runs/digits
+    python launch/results_campaign.py --dataset subset --seeds 0 --root /work/runs/subset \
+        --aa_examples 500 --data_dir /work/data
+    python launch/results_campaign.py --report --roots /work/runs/digits,/work/runs/subset
+
+Resumable: a run whose ``results.json`` exists is not trained again, an
+evaluation whose ``eval/<name>.json`` exists is not run again (the row is
+rebuilt from it). For each (method, seed): train with
+``kdrobust.train.train_and_evaluate`` (config loaded like
+``kdrobust/quickstart.py``'s ``load_config``, then ``config.seed = seed``),
+evaluate the final (``latest``) checkpoint with clean, PGD-20 and AutoAttack
+(standard) at the run's eps, and append one JSON line to
+``<root>/results.jsonl``. The teacher is evaluated at the checkpoint the
+students read (``best``). ``--report`` rewrites the tables between the
+``<!-- BEGIN/END ... -->`` markers of ``docs/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+# Reference students (no teacher), then the distillation methods (name -> (method, igdm)).
+REFERENCE = ("natural", "pgd_at", "trades")
+DISTILL = {
+    "kd": ("kd", 0), "ard": ("ard", 0), "iad": ("iad", 0), "rslad": ("rslad", 0),
+    "mtard": ("mtard", 0), "kdiga": ("kdiga", 0), "kdiga_ard": ("kdiga_ard", 0),
+    "adaad": ("adaad", 0), "adaiad": ("adaiad", 0), "darht": ("darht", 0),
+    "adaad_igdm": ("adaad", 5), "rslad_igdm": ("rslad", 5), "ard_igdm": ("ard", 5),
+}
+ALL_METHODS = list(REFERENCE) + list(DISTILL)
+SECOND_TEACHER = ("mtard", "darht")
+EVAL_NAME = "campaign"
+
+
+def load_config(path: str, arg: str | None = None):
+  from kdrobust.quickstart import load_config as _load  # pylint: disable=g-import-not-at-top
+  return _load(path, arg)
+
+
+# ----------------------------------------------------------------------------
+# Run specifications: (key, workdir, config, description, equivalent CLI).
+# ----------------------------------------------------------------------------
+def teacher_spec(dataset: str, root: str, data_dir: str, natural: bool = False):
+  name = "natural_teacher" if natural else "teacher"
+  wd = os.path.join(root, name)
+  if dataset == "digits":
+    c = load_config(os.path.join(CONFIGS, "quickstart.py"))
+    cli = f"python -m kdrobust.main --config configs/quickstart.py --workdir {wd}"
+    desc = "quickstart.py (small_cnn, PGD-AT, 15 ep)"
+    if natural:
+      c.method.name = "natural"
+      cli = (f"python -m kdrobust.main --config configs/quickstart.py "
+             f"--config.method.name=natural --workdir {wd}")
+      desc = "quickstart.py, method natural (small_cnn, 15 ep)"
+  else:
+    m = "natural" if natural else "pgd_at"
+    arg = f"method={m},data_dir={data_dir}"
+    c = load_config(os.path.join(CONFIGS, "cifar10_subset_pgd_at.py"), arg)
+    cli = f"python -m kdrobust.main --config configs/cifar10_subset_pgd_at.py:{arg} --workdir {wd}"
+    desc = f"cifar10_subset_pgd_at.py, {m} (small_cnn, 10 ep)"
+  c.seed = 0
+  return name, wd, c, desc, cli
+
+
+def student_spec(dataset: str, root: str, data_dir: str, key: str, seed: int):
+  wd = os.path.join(root, f"{key}_s{seed}")
+  seed_flag = f" --config.seed={seed}" if seed else ""
+  if key in REFERENCE:  # tiny_cnn trained without a teacher, same schedule as the students
+    if dataset == "digits":
+      c = load_config(os.path.join(CONFIGS, "quickstart.py"), "epochs=10")
+      c.model.name = "tiny_cnn"
+      flags = " --config.model.name=tiny_cnn"
+      if key != "pgd_at":
+        c.method.name = key
+        flags += f" --config.method.name={key}"
+      if key == "trades":  # TRADES' own gaussian start (beta: the method default, 6)
+        c.method.attack.init = "gaussian"
+        flags += " --config.method.attack.init=gaussian"
+      cli = (f"python -m kdrobust.main --config configs/quickstart.py:epochs=10{flags}"
+             f"{seed_flag} --workdir {wd}")
+      desc = f"quickstart.py:epochs=10, tiny_cnn, {key}"
+    else:
+      arg = f"method={key},arch=tiny_cnn,data_dir={data_dir}"
+      c = load_config(os.path.join(CONFIGS, "cifar10_subset_pgd_at.py"), arg)
+      cli = (f"python -m kdrobust.main --config configs/cifar10_subset_pgd_at.py:{arg}"
+             f"{seed_flag} --workdir {wd}")
+      desc = f"cifar10_subset_pgd_at.py:{key}, tiny_cnn"
+  else:
+    method, igdm = DISTILL[key]
+    arg = f"method={method}"
+    if igdm:
+      arg += f",igdm={igdm}"
+    arg += f",teacher={os.path.join(root, 'teacher')}"
+    if method in SECOND_TEACHER:
+      arg += f",teacher2={os.path.join(root, 'natural_teacher')}"
+    cfg = "digits_distill.py" if dataset == "digits" else "subset_distill.py"
+    if dataset != "digits":
+      arg += f",data_dir={data_dir}"
+    c = load_config(os.path.join(CONFIGS, cfg), arg)
+    cli = f"python -m kdrobust.main --config configs/{cfg}:{arg}{seed_flag} --workdir {wd}"
+    desc = f"{cfg}:method={method}" + (f",igdm={igdm}" if igdm else "")
+  c.seed = seed
+  return key, wd, c, desc, cli
+
+
+# ----------------------------------------------------------------------------
+# Train, evaluate, record.
+# ----------------------------------------------------------------------------
+def _append(root: str, row: dict) -> None:
+  with open(os.path.join(root, "results.jsonl"), "a") as f:
+    f.write(json.dumps(row) + "\n")
+
+
+def _rows(root: str) -> list[dict]:
+  path = os.path.join(root, "results.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(l) for l in f if l.strip()]
+
+
+def _train_time(wd: str):
+  p = os.path.join(wd, "campaign_time.json")
+  if os.path.exists(p):
+    with open(p) as f:
+      return json.load(f).get("train_s")
+  return None
+
+
+def run_one(args, role, key, seed, wd, config, desc, cli, checkpoint="latest") -> dict:
+  from kdrobust import evaluate  # pylint: disable=g-import-not-at-top
+  from kdrobust import train  # pylint: disable=g-import-not-at-top
+  row = {"dataset": args.dataset, "role": role, "method": key, "seed": seed, "workdir": wd,
+         "config": desc, "command": cli, "model": config.model.name,
+         "eps": float(config.eval.eps)}
+  if not os.path.exists(os.path.join(wd, "results.json")):
+    print(f"== [{time.strftime('%H:%M:%S')}] train {key} seed {seed} -> {wd}", flush=True)
+    t0 = time.time()
+    train.train_and_evaluate(config, wd)
+    with open(os.path.join(wd, "campaign_time.json"), "w") as f:
+      json.dump({"train_s": round(time.time() - t0, 1)}, f)
+  row["train_s"] = _train_time(wd)
+  name = f"{EVAL_NAME}_{checkpoint}"
+  ev_path = os.path.join(wd, "eval", f"{name}.json")
+  n = args.aa_examples or None
+  if os.path.exists(ev_path):
+    with open(ev_path) as f:
+      rec = json.load(f)
+  else:
+    print(f"== [{time.strftime('%H:%M:%S')}] evaluate {key} seed {seed} ({checkpoint}, "
+          f"{n or 'all'} test points)", flush=True)
+    rec = evaluate.evaluate_run(wd, checkpoint=checkpoint, eps=float(config.eval.eps),
+                                attacks=("clean", "pgd20", "aa"), num_examples=n,
+                                name=name, overwrite=True, log=None)
+    eval_cmd = (f"python -m kdrobust.evaluate --workdir {wd} --checkpoint {checkpoint} "
+                f"--attacks clean,pgd20,aa" + (f" --num_examples {n}" if n else "")
+                + f" --name {name}")
+    row["eval_command"] = eval_cmd
+  row.update({"status": "ok", "checkpoint": rec.get("checkpoint"),
+              "num_examples": rec.get("num_examples"), "clean": rec["clean_acc"],
+              "pgd20": rec["robust_acc"]["pgd20"], "aa": rec["autoattack_acc"],
+              "eval_s": rec.get("time_s"),
+              "warnings": [w.get("code") for w in rec.get("warnings", [])],
+              "warning_messages": [w.get("message") for w in rec.get("warnings", [])]})
+  row.setdefault("eval_command", (
+      f"python -m kdrobust.evaluate --workdir {wd} --checkpoint {checkpoint} "
+      f"--attacks clean,pgd20,aa" + (f" --num_examples {n}" if n else "") + f" --name {name}"))
+  return row
+
+
+def campaign(args) -> int:
+  os.makedirs(args.root, exist_ok=True)
+  done = {(r["method"], r["seed"]) for r in _rows(args.root) if r.get("status") == "ok"}
+  failed = {(r["method"], r["seed"]) for r in _rows(args.root) if r.get("status") == "failed"}
+  seeds = [int(s) for s in args.seeds.split(",")]
+  methods = ALL_METHODS if args.methods == "all" else args.methods.split(",")
+  unknown = set(methods) - set(ALL_METHODS)
+  if unknown:
+    raise SystemExit(f"unknown methods {sorted(unknown)}; valid: {ALL_METHODS}")
+  jobs = [("teacher", *teacher_spec(args.dataset, args.root, args.data_dir), "best")]
+  # Seed-major order: every method at the first seed before any second seed; the
+  # natural (second) teacher just before the first method that reads it.
+  for s in seeds:
+    for m in methods:
+      if DISTILL.get(m, ("",))[0] in SECOND_TEACHER and not any(
+          j[1] == "natural_teacher" for j in jobs):
+        jobs.append(("natural_teacher",
+                     *teacher_spec(args.dataset, args.root, args.data_dir, natural=True),
+                     "latest"))
+      role = "reference" if m in REFERENCE else "student"
+      jobs.append((role, *student_spec(args.dataset, args.root, args.data_dir, m, s), "latest"))
+  for role, key, wd, config, desc, cli, ckpt in jobs:
+    seed = int(config.seed)
+    if (key, seed) in done or (key, seed) in failed and not args.retry_failed:
+      continue
+    try:
+      row = run_one(args, role, key, seed, wd, config, desc, cli, checkpoint=ckpt)
+    except Exception as e:  # pylint: disable=broad-except
+      tb = traceback.format_exc()
+      os.makedirs(os.path.join(args.root, "failures"), exist_ok=True)
+      with open(os.path.join(args.root, "failures", f"{key}_s{seed}.txt"), "w") as f:
+        f.write(tb)
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      row = {"dataset": args.dataset, "role": role, "method": key, "seed": seed,
+             "workdir": wd, "config": desc, "command": cli, "status": "failed",
+             "error": f"{type(e).__name__}: {first}"}
+      print(f"!! {key} seed {seed} failed: {row['error']}\n{tb}", flush=True)
+    _append(args.root, row)
+    if row["status"] == "ok":
+      print(f"== [{time.strftime('%H:%M:%S')}] {key} s{seed}: clean {row['clean']:.4f} "
+            f"pgd20 {row['pgd20']:.4f} aa {row['aa']:.4f} (train {row['train_s']} s, "
+            f"eval {row['eval_s']} s)", flush=True)
+  return 0
+
+
+# ----------------------------------------------------------------------------
+# Report.
+# ----------------------------------------------------------------------------
+def _stat(vals: list[float]) -> str:
+  vals = [v for v in vals if v is not None]
+  if not vals:
+    return "-"
+  m = sum(vals) / len(vals)
+  if len(vals) == 1:
+    return f"{100 * m:.1f}"
+  sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+  return f"{100 * m:.1f} ± {100 * sd:.1f}"
+
+
+def _fmt_time(rows) -> str:
+  ts = [(r.get("train_s") or 0) + (r.get("eval_s") or 0) for r in rows]
+  tr = [r.get("train_s") for r in rows if r.get("train_s") is not None]
+  ev = [r.get("eval_s") for r in rows if r.get("eval_s") is not None]
+  if not ts:
+    return "-"
+  s = f"{sum(ts) / len(ts) / 60:.1f} min"
+  if tr and ev:
+    s += f" ({sum(tr) / len(tr) / 60:.1f} + {sum(ev) / len(ev) / 60:.1f})"
+  return s
+
+
+def table(rows: list[dict]) -> str:
+  """Markdown table: teacher first, then reference students, then distilled students."""
+  # Last row per (method, seed) wins (a retried run replaces its failure).
+  last = {}
+  for r in rows:
+    last[(r["method"], r["seed"])] = r
+  order = ["teacher", "natural_teacher"] + ALL_METHODS
+  out = ["| method | config | seeds | clean | PGD-20 | AutoAttack | gap PGD-20 − AA | time / run (train + eval) | eval warnings |",
+         "|---|---|---|---|---|---|---|---|---|"]
+  for m in order:
+    rs = sorted((r for (k, _), r in last.items() if k == m), key=lambda r: r["seed"])
+    if not rs:
+      continue
+    ok = [r for r in rs if r.get("status") == "ok"]
+    bad = [r for r in rs if r.get("status") != "ok"]
+    label = {"teacher": "**teacher** (PGD-AT)", "natural_teacher": "natural teacher (MTARD/DARHT 2nd)",
+             "natural": "natural (no teacher)", "pgd_at": "PGD-AT (no teacher)",
+             "trades": "TRADES (no teacher)"}.get(m, m.replace("_igdm", " + IGDM"))
+    cfg = (ok or rs)[0]["config"] + f"; {(ok or rs)[0].get('model', '')}"
+    if ok:
+      seeds = ",".join(str(r["seed"]) for r in ok)
+      gap = [r["pgd20"] - r["aa"] for r in ok]
+      warns = sorted({w for r in ok for w in r.get("warnings", [])})
+      ckpt = ok[0].get("checkpoint") or {}
+      if m == "teacher":
+        cfg += f"; ckpt {ckpt.get('resolved', '?')} (step {ckpt.get('step', '?')})"
+      out.append(f"| {label} | {cfg} | {seeds} | {_stat([r['clean'] for r in ok])} | "
+                 f"{_stat([r['pgd20'] for r in ok])} | {_stat([r['aa'] for r in ok])} | "
+                 f"{_stat(gap)} | {_fmt_time(ok)} | {', '.join(warns) or 'none'} |")
+    for r in bad:
+      out.append(f"| {label} | {cfg} | {r['seed']} | failed: {r['error']} | | | | | |")
+  return "\n".join(out)
+
+
+def report(args) -> int:
+  path = args.out
+  text = open(path).read() if os.path.exists(path) else "# Results\n"
+  for root in args.roots.split(","):
+    rows = _rows(root)
+    if not rows:
+      continue
+    ds = rows[0]["dataset"]
+    begin, end = f"<!-- BEGIN {ds} table -->", f"<!-- END {ds} table -->"
+    n = {r.get("num_examples") for r in rows if r.get("status") == "ok"}
+    body = (f"{begin}\n{table(rows)}\n\nAccuracies in % on {', '.join(map(str, sorted(n)))} "
+            f"test images (mean ± sample std over seeds where more than one). "
+            f"Rows from `{os.path.join(root, 'results.jsonl')}`.\n{end}")
+    if begin in text and end in text:
+      text = text[:text.index(begin)] + body + text[text.index(end) + len(end):]
+    else:
+      text += f"\n{body}\n"
+  with open(path, "w") as f:
+    f.write(text)
+  print(f"wrote {path}")
+  return 0
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--dataset", choices=("digits", "subset"), default="digits")
+  p.add_argument("--seeds", default="0")
+  p.add_argument("--methods", default="all", help=f"comma list of {ALL_METHODS} or 'all'")
+  p.add_argument("--root", default="/work/runs/digits")
+  p.add_argument("--aa_examples", type=int, default=0, help="test points (0 = all)")
+  p.add_argument("--data_dir", default="/work/data", help="TFDS data_dir of the subset")
+  p.add_argument("--retry_failed", action="store_true")
+  p.add_argument("--report", action="store_true")
+  p.add_argument("--roots", default="/work/runs/digits,/work/runs/subset")
+  p.add_argument("--out", default=os.path.join(REPO, "docs", "results.md"))
+  args = p.parse_args(argv)
+  return report(args) if args.report else campaign(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
