@@ -113,7 +113,8 @@ def test_inner_attack_bn_mode_is_configurable():
   params = {}
   for mode in ("eval", "batch"):
     m = methods.make("pgd_at", attack={"eps": 0.1, "step_size": 0.05, "steps": 2, "bn_mode": mode})
-    st = TrainState.create(v["params"], v["batch_stats"], tx, {})
+    fresh = jax.tree.map(jnp.array, v)  # the step donates its state
+    st = TrainState.create(fresh["params"], fresh["batch_stats"], tx, {})
     step = train_step.make_train_step(apply_fn=net.apply, method=m, tx=tx, num_classes=3,
                                       num_epochs=1, steps_per_epoch=1, seed=0)
     new, _ = step(st, (), batch)
