@@ -16,8 +16,10 @@ those of ``shared/research/methods.md`` (``[P:IGDM Tab.2]`` = IGDM paper,
 * :data:`TARGETS`: the papers' numbers (methods.md section 9), one record per
   (dataset, student, teacher, method, igdm, source).
 
-Lookups (:func:`teacher`, :func:`igdm_alpha`, :func:`recipe`,
-:func:`choice`) raise a ``ValueError`` listing the valid keys.
+Lookups (:func:`teacher`, :func:`adversarial_teacher`, :func:`igdm_alpha`,
+:func:`recipe`, :func:`choice`) raise a ``ValueError`` listing the valid keys;
+:func:`targets` returns the published numbers of a setting (often none).
+:data:`SHORT_RUN` holds the CPU configs' per-method choices.
 """
 
 from __future__ import annotations
@@ -55,7 +57,13 @@ def _t(rb_id, dataset, arch, kwargs, name, rb, *, igdm_tab1=None, role="adversar
 # activation_fn=Swish | nn.SiLU, mean, std)`` -> ``variant='dm'``,
 # ``activation='swish'`` (= SiLU) and the dataset's mean/std (given explicitly:
 # some RobustBench files carry them as buffers, older ones do not; the
-# converter checks them against the buffers when present).
+# converter checks them against the buffers when present). UNCONFIRMED: the
+# Wang2023Better / Cui2023Decoupled entries are not in the RobustBench
+# snapshots we could read (they predate them); their layout above is the
+# zoo entry as recalled (DMWideResNet, nn.SiLU). The converter checks keys and
+# shapes, not the activation: the step-0 teacher check
+# (``config.teacher_eval_examples``) shows a wrong one as a far-off clean
+# accuracy (RobustBench: 92.4% / 72.6% clean).
 TEACHERS: dict[str, dict[str, dict[str, Any]]] = {
     "cifar10": {
         "ltd": _t("Chen2021LTD_WRN34_10", "cifar10", "wrn34_10", {"variant": "standard"},

@@ -200,6 +200,8 @@ def campaign(args) -> int:
                      "latest"))
       role = "reference" if m in REFERENCE else "student"
       jobs.append((role, *student_spec(args.dataset, args.root, args.data_dir, m, s), "latest"))
+  if args.teacher_eval_last:  # the teacher is trained already: its (long) AutoAttack last
+    jobs = jobs[1:] + jobs[:1]
   for role, key, wd, config, desc, cli, ckpt in jobs:
     seed = int(config.seed)
     if (key, seed) in done or (key, seed) in failed and not args.retry_failed:
@@ -250,7 +252,13 @@ def _fmt_time(rows) -> str:
   return s
 
 
-def table(rows: list[dict]) -> str:
+def _label(m: str) -> str:
+  return {"teacher": "**teacher** (PGD-AT)", "natural_teacher": "natural teacher (MTARD/DARHT 2nd)",
+          "natural": "natural (no teacher)", "pgd_at": "PGD-AT (no teacher)",
+          "trades": "TRADES (no teacher)"}.get(m, m.replace("_igdm", " + IGDM"))
+
+
+def table(rows: list[dict], root: str | None = None) -> str:
   """Markdown table: teacher first, then reference students, then distilled students."""
   # Last row per (method, seed) wins (a retried run replaces its failure).
   last = {}
@@ -265,9 +273,7 @@ def table(rows: list[dict]) -> str:
       continue
     ok = [r for r in rs if r.get("status") == "ok"]
     bad = [r for r in rs if r.get("status") != "ok"]
-    label = {"teacher": "**teacher** (PGD-AT)", "natural_teacher": "natural teacher (MTARD/DARHT 2nd)",
-             "natural": "natural (no teacher)", "pgd_at": "PGD-AT (no teacher)",
-             "trades": "TRADES (no teacher)"}.get(m, m.replace("_igdm", " + IGDM"))
+    label = _label(m)
     cfg = (ok or rs)[0]["config"] + f"; {(ok or rs)[0].get('model', '')}"
     if ok:
       seeds = ",".join(str(r["seed"]) for r in ok)
@@ -281,7 +287,28 @@ def table(rows: list[dict]) -> str:
                  f"{_stat(gap)} | {_fmt_time(ok)} | {', '.join(warns) or 'none'} |")
     for r in bad:
       out.append(f"| {label} | {cfg} | {r['seed']} | failed: {r['error']} | | | | | |")
+  if root:
+    for m in order:
+      if any(k == m for (k, _) in last):
+        continue
+      label = _label(m)
+      wd = os.path.join(root, m if m in ("teacher", "natural_teacher") else f"{m}_s0")
+      res = os.path.join(wd, "results.json")
+      if os.path.exists(res):
+        with open(res) as f:
+          rj = json.load(f)
+        t = _train_time(wd)
+        out.append(
+            f"| {label} | trained, not evaluated in time | 0 | {100 * rj['clean_accuracy']:.1f}* | "
+            f"{100 * rj['robust_accuracy'].get('pgd20', float('nan')):.1f}* | not run | - | "
+            f"{'%.1f min (train)' % (t / 60) if t else '-'} | - |")
+      elif m != "natural_teacher":
+        out.append(f"| {label} | not run (out of time) | - | - | - | - | - | - | - |")
   return "\n".join(out)
+
+
+def args_n(ds: str) -> str:
+  return "360" if ds == "digits" else "500 (first, for the campaign evaluation)"
 
 
 def report(args) -> int:
@@ -289,14 +316,27 @@ def report(args) -> int:
   text = open(path).read() if os.path.exists(path) else "# Results\n"
   for root in args.roots.split(","):
     rows = _rows(root)
-    if not rows:
+    if not rows and not os.path.isdir(root):
       continue
-    ds = rows[0]["dataset"]
+    ds = rows[0]["dataset"] if rows else ("subset" if "subset" in root else "digits")
     begin, end = f"<!-- BEGIN {ds} table -->", f"<!-- END {ds} table -->"
     n = {r.get("num_examples") for r in rows if r.get("status") == "ok"}
-    body = (f"{begin}\n{table(rows)}\n\nAccuracies in % on {', '.join(map(str, sorted(n)))} "
+    body = (f"{begin}\n{table(rows, root)}\n\nAccuracies in % on {', '.join(map(str, sorted(n))) or args_n(ds)} "
             f"test images (mean ± sample std over seeds where more than one). "
-            f"Rows from `{os.path.join(root, 'results.jsonl')}`.\n{end}")
+            f"Rows from `{os.path.join(root, 'results.jsonl')}`. "
+            f"*: the run's own end-of-training evaluation (results.json: clean and PGD-20 "
+            f"on the whole test split, latest checkpoint), not the campaign evaluation.\n{end}")
+    versions = {}
+    for r in rows:
+      res = os.path.join(r["workdir"], "results.json")
+      if r.get("status") == "ok" and os.path.exists(res):
+        with open(res) as f:
+          versions.setdefault(json.load(f).get("code_version"), []).append(
+              f"{r['method']}_s{r['seed']}")
+    if versions:
+      body = body.replace(f"\n{end}", "\nTrained with kdrobust code versions: " + "; ".join(
+          f"`{v}` ({len(k)} run{'s' if len(k) > 1 else ''})" for v, k in versions.items())
+          + f".\n{end}")
     if begin in text and end in text:
       text = text[:text.index(begin)] + body + text[text.index(end) + len(end):]
     else:
@@ -316,6 +356,8 @@ def main(argv=None) -> int:
   p.add_argument("--aa_examples", type=int, default=0, help="test points (0 = all)")
   p.add_argument("--data_dir", default="/work/data", help="TFDS data_dir of the subset")
   p.add_argument("--retry_failed", action="store_true")
+  p.add_argument("--teacher_eval_last", action="store_true",
+                 help="evaluate the (already trained) teacher after the students")
   p.add_argument("--report", action="store_true")
   p.add_argument("--roots", default="/work/runs/digits,/work/runs/subset")
   p.add_argument("--out", default=os.path.join(REPO, "docs", "results.md"))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # 2 shared CPU cores: avoid oversubscription
 
 H = W = 8
 C_IN = 3

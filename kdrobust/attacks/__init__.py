@@ -8,11 +8,14 @@ integer seed.
 from kdrobust.attacks.projected import (  # noqa: F401
     as_key, ascent_direction, cw_linf, fgsm, maximize, pgd, pgd_inner,
     project, random_init)
-from kdrobust.attacks.apgd import (  # noqa: F401
-    apgd, apgd_single_run, apgd_targeted)
-from kdrobust.attacks.autoattack import (  # noqa: F401
-    AutoAttackResult, autoattack)
-from kdrobust.attacks.fab import fab, fab_single_run, fab_targeted  # noqa: F401
-from kdrobust.attacks.square import square, square_single_run  # noqa: F401
-from kdrobust.attacks.transfer import (  # noqa: F401
+# AutoAttack and its attacks. The functions named like their modules
+# (``apgd``, ``fab``, ``square``, ``autoattack``) are reached through the
+# submodules, e.g. ``kdrobust.attacks.autoattack.autoattack``, so that
+# ``from kdrobust.attacks import autoattack`` keeps giving the module.
+from kdrobust.attacks import apgd, autoattack, fab, square, transfer  # noqa: F401,E402
+from kdrobust.attacks.apgd import apgd_single_run, apgd_targeted  # noqa: F401,E402
+from kdrobust.attacks.autoattack import AutoAttackResult  # noqa: F401,E402
+from kdrobust.attacks.fab import fab_single_run, fab_targeted  # noqa: F401,E402
+from kdrobust.attacks.square import square_single_run  # noqa: F401,E402
+from kdrobust.attacks.transfer import (  # noqa: F401,E402
     transfer_attack, transferability_matrix)

@@ -126,6 +126,41 @@ def ranked_targets(clean_logits: Array, target_class) -> Array:
   return jnp.take_along_axis(order, idx, axis=-1)[:, 0]
 
 
+def bulk_key(key: Array) -> Array:
+  """An ``unsafe_rbg`` key (XLA's RngBitGenerator) derived from any PRNG key, inside jit.
+
+  Bulk draws (random starts, Square's per-iteration draws) use it: threefry
+  draws compile slowly on CPU (~2 s per shape on a loaded 2-core machine)
+  while RngBitGenerator compiles in ~0.3 s. Deterministic per key.
+  """
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  d = key.reshape(-1).astype(jnp.uint32)
+  while d.size < 4:
+    d = jnp.concatenate([d, d ^ jnp.uint32(0x5BD1E995)])
+  return jax.random.wrap_key_data(d[:4], impl="unsafe_rbg")
+
+
+@jax.jit
+def _fold(key, data):
+  for j in range(data.shape[0]):
+    key = jax.random.fold_in(key, data[j])
+  return key
+
+
+def derive_key(key, *ints: int) -> Array:
+  """``fold_in(key, i1, i2, ...)`` (up to 4 ints) in one compiled call.
+
+  Host drivers derive every round/chunk key through this single executable
+  instead of eager ``fold_in`` calls, each of which would compile (~0.1-0.5 s
+  on a loaded CPU).
+  """
+  data = np.zeros(4, np.int32)
+  data[:len(ints)] = ints
+  data[3] = len(ints)
+  return _fold(key, data)
+
+
 @functools.partial(jax.jit, static_argnames=("randomized",))
 def _predict(fn, x, key, randomized=False):
   return jnp.argmax(call_logits(fn, x, key, randomized), axis=-1)
@@ -149,7 +184,7 @@ def predict(logits_fn: LogitsFn, x, *, batch_size: int | None = None,
   key = as_key(0 if key is None else key)
   out = np.empty((n,), np.int64)
   for c, (sel, size) in enumerate(chunks(np.arange(n), bs, buckets)):
-    pred = _predict(fn, jnp.asarray(_pad_rows(x[sel], size)), jax.random.fold_in(key, c),
+    pred = _predict(fn, jnp.asarray(_pad_rows(x[sel], size)), derive_key(key, c),
                     randomized=randomized)
     out[sel] = np.asarray(pred)[:sel.size]
   return out
@@ -201,13 +236,12 @@ def run_rounds(kernel, x: np.ndarray, y: np.ndarray, active: np.ndarray, *,
     if idx.size == 0:
       break
     total_est = done + idx.size * (n_rounds - r)
-    rkey = jax.random.fold_in(key, r)
     for c, (sel, size) in enumerate(chunks(idx, batch_size, buckets)):
       nv = sel.size
       valid = np.arange(size) < nv
       adv, succ, a = kernel(jnp.asarray(_pad_rows(x[sel], size)),
                             jnp.asarray(_pad_rows(y[sel], size)), jnp.asarray(valid),
-                            jnp.asarray(r, jnp.int32), jax.random.fold_in(rkey, c))
+                            jnp.asarray(r, jnp.int32), derive_key(key, r, c))
       succ = np.asarray(succ)[:nv]
       adv = np.asarray(adv)[:nv]
       hit = sel[succ]
@@ -254,15 +288,18 @@ def checkpoint_schedule(n_iter: int) -> tuple[np.ndarray, np.ndarray]:
   return is_check, window
 
 
-def oscillation_count(loss_steps: Array, i, k) -> Array:
+def oscillation_count(loss_steps: Array, i, k, n_iter=None) -> Array:
   """``sum_{c=0}^{k-1} [L[i-c] > L[i-c-1]]`` per example, with Python's index wrap.
 
-  ``loss_steps`` is ``[n_iter, B]``. At the first checkpoint ``i - k = -1``
-  and the reference reads ``loss_steps[-1]``, the (still zero) last row; the
-  roll reproduces exactly that.
+  ``loss_steps`` is ``[L, B]`` (``L >= n_iter``, rows past ``n_iter`` unused).
+  At the first checkpoint ``i - k = -1`` and the reference reads
+  ``loss_steps[-1]`` of its ``[n_iter, B]`` buffer, i.e. row ``n_iter - 1``
+  (still zero then); the index ``(r - 1) mod n_iter`` reproduces exactly that.
   """
-  prev = jnp.roll(loss_steps, 1, axis=0)
-  rows = jnp.arange(loss_steps.shape[0])[:, None]
+  n = loss_steps.shape[0] if n_iter is None else n_iter
+  rows1 = jnp.arange(loss_steps.shape[0])
+  prev = jnp.take(loss_steps, (rows1 - 1) % n, axis=0)
+  rows = rows1[:, None]
   in_window = (rows <= i) & (rows > i - k)
   return jnp.sum(jnp.where(in_window & (loss_steps > prev), 1.0, 0.0), axis=0
                  ).astype(jnp.float32)
@@ -277,6 +314,7 @@ def random_start(key: Array, x: Array, eps, norm: str = "linf") -> Array:
   """
   norm = canonical_norm(norm)
   eps = jnp.asarray(eps, x.dtype)
+  key = bulk_key(key)
   if norm == "linf":
     t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
   else:
@@ -348,6 +386,29 @@ def _project_l2(v, x, eps):
                   0.0, 1.0)
 
 
+class ApgdTables(NamedTuple):
+  """The host-side schedule as arrays of length ``L = 100 ceil(n_iter / 100)``
+  (so n_iter = 10, 20, 100 share one compilation): checkpoint flags, window
+  lengths ``k``, thresholds ``rho k`` and ``n_iter`` itself."""
+  is_check: Array
+  window: Array
+  thresh: Array
+  n_iter: Array
+
+
+def buffer_length(n_iter: int) -> int:
+  return 100 * max(1, -(-n_iter // 100))
+
+
+def apgd_tables(n_iter: int, rho: float = 0.75) -> ApgdTables:
+  """:func:`checkpoint_schedule` padded to :func:`buffer_length` (numpy)."""
+  n = buffer_length(n_iter)
+  is_check, window = checkpoint_schedule(n_iter)
+  pad = lambda a: np.concatenate([a, np.zeros(n - n_iter, a.dtype)])
+  return ApgdTables(pad(is_check), pad(window), pad(window * rho).astype(np.float32),
+                    np.asarray(n_iter, np.int32))
+
+
 class ApgdConsts(NamedTuple):
   """Loop-invariant inputs of an APGD run (a pytree: traced, never static)."""
   fn: object
@@ -356,23 +417,20 @@ class ApgdConsts(NamedTuple):
   y_target: Array | None
   eps: Array
   key: Array
-  is_check: Array
-  window: Array
-  thresh: Array
+  tables: ApgdTables
 
 
-def _apgd_init(fn, x, y, y_target, x_init, eps, step0, key, *, n_iter, rho, loss,
+def _apgd_init(fn, x, y, y_target, x_init, eps, step0, key, tables, *, loss,
                eot_iter, randomized):
   """Loop constants and the state before iteration 0 (gradient at the clipped start)."""
   TRACES["apgd_init"] += 1
   dtype = x.dtype
   eps = jnp.asarray(eps, dtype)
   key = jax.random.PRNGKey(0) if key is None else key
-  is_check, window = checkpoint_schedule(n_iter)
-  c = ApgdConsts(fn, x, y, y_target, eps, key, jnp.asarray(is_check),
-                 jnp.asarray(window), jnp.asarray(window * rho, jnp.float32))
+  c = ApgdConsts(fn, x, y, y_target, eps, key, tables)
   x_adv = jnp.clip(x_init.astype(dtype), 0.0, 1.0)
-  grad, z, loss_i = _loss_grad(fn, x_adv, y, y_target, jax.random.fold_in(key, n_iter),
+  grad, z, loss_i = _loss_grad(fn, x_adv, y, y_target,
+                               jax.random.fold_in(key, tables.n_iter),
                                loss=loss, eot_iter=eot_iter, randomized=randomized)
   b = x.shape[0]
   # float32 like the reference's torch.ones/torch.zeros buffers.
@@ -380,7 +438,7 @@ def _apgd_init(fn, x, y, y_target, x_init, eps, step0, key, *, n_iter, rho, loss
   state = dict(x_adv=x_adv, x_old=x_adv, grad=grad, grad_best=grad,
                x_best=x_adv, x_best_adv=x_adv, loss_best=loss_i,
                acc=jnp.argmax(z, -1) == y, step=step,
-               loss_steps=jnp.zeros((n_iter, b), jnp.float32),
+               loss_steps=jnp.zeros((tables.is_check.shape[0], b), jnp.float32),
                reduced_last=jnp.ones((b,), bool), loss_best_last=loss_i,
                zero_grad=jnp.sum(jnp.abs(grad.reshape(b, -1)), axis=-1) == 0)
   return c, state
@@ -413,8 +471,9 @@ def _apgd_step(i, s, c: ApgdConsts, *, norm, loss, eot_iter, randomized):
   grad_best = jnp.where(bcast(imp, x), g, s["grad_best"])
   loss_best = jnp.where(imp, li, s["loss_best"])
 
-  chk = c.is_check[i]
-  osc = oscillation_count(loss_steps, i, c.window[i]) <= c.thresh[i]
+  t = c.tables
+  chk = t.is_check[i]
+  osc = oscillation_count(loss_steps, i, t.window[i], t.n_iter) <= t.thresh[i]
   no_impr = (~s["reduced_last"]) & (s["loss_best_last"] >= loss_best)
   red = chk & (osc | no_impr)
   step = jnp.where(red, s["step"] / 2.0, s["step"])
@@ -431,9 +490,9 @@ def _as_run(s) -> ApgdRun:
   return ApgdRun(s["x_best"], s["acc"], s["loss_best"], s["x_best_adv"], s["zero_grad"])
 
 
-_INIT_STATIC = ("n_iter", "rho", "loss", "eot_iter", "randomized")
+_INIT_STATIC = ("loss", "eot_iter", "randomized")
 _STEP_STATIC = ("norm", "loss", "eot_iter", "randomized")
-_STATIC = ("n_iter", "norm", "loss", "rho", "eot_iter", "randomized")
+_STATIC = ("norm", "loss", "eot_iter", "randomized")
 _apgd_init_jit = jax.jit(_apgd_init, static_argnames=_INIT_STATIC)
 _apgd_step_jit = jax.jit(_apgd_step, static_argnames=_STEP_STATIC)
 
@@ -455,25 +514,25 @@ def resolve_loop(loop: str) -> str:
   return loop
 
 
-def _apgd_core(fn, x, y, y_target, x_init, eps, step0, key, *, n_iter, norm,
-               loss, rho, eot_iter, randomized) -> ApgdRun:
+def _apgd_core(fn, x, y, y_target, x_init, eps, step0, key, tables, *, norm,
+               loss, eot_iter, randomized) -> ApgdRun:
   """One APGD run in a single ``lax.fori_loop`` (the reference's ``attack_single_run``)."""
-  c, s = _apgd_init(fn, x, y, y_target, x_init, eps, step0, key, n_iter=n_iter,
-                    rho=rho, loss=loss, eot_iter=eot_iter, randomized=randomized)
+  c, s = _apgd_init(fn, x, y, y_target, x_init, eps, step0, key, tables, loss=loss,
+                    eot_iter=eot_iter, randomized=randomized)
   body = functools.partial(_apgd_step, c=c, norm=norm, loss=loss, eot_iter=eot_iter,
                            randomized=randomized)
-  return _as_run(jax.lax.fori_loop(0, n_iter, body, s))
+  return _as_run(jax.lax.fori_loop(0, tables.n_iter, body, s))
 
 
 _apgd_core_jit = jax.jit(_apgd_core, static_argnames=_STATIC)
 
 
-def _apgd_host(fn, x, y, y_target, x_init, eps, step0, key, *, n_iter, norm, loss,
-               rho, eot_iter, randomized) -> ApgdRun:
+def _apgd_host(fn, x, y, y_target, x_init, eps, step0, key, tables, *, norm, loss,
+               eot_iter, randomized) -> ApgdRun:
   """The same run driven from the host: one jitted step per iteration, state on device."""
-  c, s = _apgd_init_jit(fn, x, y, y_target, x_init, eps, step0, key, n_iter=n_iter,
-                        rho=rho, loss=loss, eot_iter=eot_iter, randomized=randomized)
-  for i in range(n_iter):
+  c, s = _apgd_init_jit(fn, x, y, y_target, x_init, eps, step0, key, tables, loss=loss,
+                        eot_iter=eot_iter, randomized=randomized)
+  for i in range(int(tables.n_iter)):
     s = _apgd_step_jit(jnp.asarray(i, jnp.int32), s, c, norm=norm, loss=loss,
                        eot_iter=eot_iter, randomized=randomized)
   return _as_run(s)
@@ -483,7 +542,8 @@ def apgd_single_run(logits_fn: LogitsFn, x, y, x_init, *, eps, n_iter: int = 100
                     norm: str = "linf", loss: str = "ce", y_target=None,
                     rho: float = 0.75, step_size=None, eot_iter: int = 1,
                     key=None, randomized: bool = False, loop: str = "auto") -> ApgdRun:
-  """One APGD run from an explicit start ``x_init`` (jitted; static ``n_iter``).
+  """One APGD run from an explicit start ``x_init`` (jitted; ``n_iter`` up to
+  each multiple of 100 shares one compilation).
 
   ``loss``: ``'ce'``, ``'dlr'`` or ``'dlr-targeted'`` (needs ``y_target``).
   ``step_size``: the initial per-example step ``eta_0`` (``2 eps`` as in
@@ -511,7 +571,7 @@ def apgd_single_run(logits_fn: LogitsFn, x, y, x_init, *, eps, n_iter: int = 100
   k = None if key is None else as_key(key)
   run = _apgd_core_jit if resolve_loop(loop) == "device" else _apgd_host
   return run(as_logits_fn(logits_fn), x, y, y_target, jnp.asarray(x_init, x.dtype),
-             eps, step0, k, n_iter=n_iter, norm=norm, loss=loss, rho=rho,
+             eps, step0, k, apgd_tables(n_iter, rho), norm=norm, loss=loss,
              eot_iter=eot_iter, randomized=randomized)
 
 
@@ -523,13 +583,35 @@ def _apgd_prepare(fn, x, round_idx, key, eps, n_restarts, *, norm, loss, randomi
   Round ``r`` uses target class ``2 + r // n_restarts`` (APGD-T).
   """
   TRACES["apgd_prepare"] += 1
-  k_init, k_run, k_tgt = jax.random.split(key, 3)
-  x_init = random_start(k_init, x, eps, norm) if random_init else x
+  k_run, k_tgt = key, jax.random.fold_in(key, 1)
+  x_init = random_start(key, x, eps, norm) if random_init else x
   y_target = None
   if loss == "dlr-targeted":
     clean = call_logits(fn, x, k_tgt, randomized)
     y_target = ranked_targets(clean, 2 + round_idx // n_restarts)
   return x_init, y_target, k_run
+
+
+@functools.partial(jax.jit, static_argnames=("select",))
+def _select(run: ApgdRun, *, select: str):
+  """``(x_adv, success, zero_grad)`` of a chunk: the misclassified iterate
+  (``'adv'``, AutoAttack) or every point's highest-loss iterate (``'loss'``)."""
+  if select == "loss":
+    return run.x_best, jnp.ones_like(run.acc), run.zero_grad
+  return run.x_best_adv, ~run.acc, run.zero_grad
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("random_init", "select"))
+def _apgd_chunk(fn, x, y, round_idx, key, eps, step0, n_restarts, tables, *, norm,
+                loss, eot_iter, randomized, random_init, select):
+  """Device-loop version of one chunk: prepare, one fused APGD run, select."""
+  x_init, y_target, k_run = _apgd_prepare(fn, x, round_idx, key, eps, n_restarts,
+                                          norm=norm, loss=loss, randomized=randomized,
+                                          random_init=random_init)
+  run = _apgd_core(fn, x, y, y_target, x_init, eps, step0,
+                   k_run if randomized else None, tables, norm=norm, loss=loss,
+                   eot_iter=eot_iter, randomized=randomized)
+  return _select(run, select=select)
 
 
 def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
@@ -558,23 +640,26 @@ def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
   active = np.ones(n, bool) if active is None else np.asarray(active, bool)
   bs = min(batch_size or DEFAULT_BATCH, n)
   dtype = jnp.dtype(x.dtype)
-  eps_a = jnp.asarray(eps, dtype)
-  step0 = 2.0 * eps_a if step_size is None else jnp.asarray(step_size, dtype)
+  eps_a = jnp.asarray(np.asarray(eps, dtype))
+  step0 = jnp.asarray(np.asarray(2.0 * float(eps) if step_size is None else step_size, dtype))
   n_rounds = n_restarts * (n_target_classes if loss == "dlr-targeted" else 1)
-  run = _apgd_core_jit if resolve_loop(loop) == "device" else _apgd_host
+  device = resolve_loop(loop) == "device"
   n_res = jnp.asarray(n_restarts, jnp.int32)
+  static = dict(norm=norm, loss=loss, eot_iter=eot_iter, randomized=randomized,
+                random_init=random_init, select=select)
+  tables = apgd_tables(n_iter, rho)
 
   def kernel(xb, yb, valid, r, k):
     del valid
+    if device:
+      return _apgd_chunk(fn, xb, yb, r, k, eps_a, step0, n_res, tables, **static)
     x_init, y_target, k_run = _apgd_prepare(fn, xb, r, k, eps_a, n_res, norm=norm,
                                             loss=loss, randomized=randomized,
                                             random_init=random_init)
-    res = run(fn, xb, yb, y_target, x_init, eps_a, step0,
-              k_run if randomized else None, n_iter=n_iter, norm=norm, loss=loss,
-              rho=rho, eot_iter=eot_iter, randomized=randomized)
-    if select == "loss":
-      return res.x_best, jnp.ones_like(res.acc), res.zero_grad
-    return res.x_best_adv, ~res.acc, res.zero_grad
+    res = _apgd_host(fn, xb, yb, y_target, x_init, eps_a, step0,
+                     k_run if randomized else None, tables, norm=norm, loss=loss,
+                     eot_iter=eot_iter, randomized=randomized)
+    return _select(res, select=select)
 
   x_adv, fooled, aux = run_rounds(kernel, x, y, active, n_rounds=n_rounds,
                                   key=as_key(key), batch_size=bs, buckets=buckets,
@@ -587,26 +672,30 @@ def apgd(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
          loss: str = "ce", n_iter: int = 100, n_restarts: int = 1,
          rho: float = 0.75, step_size=None, eot_iter: int = 1,
          randomized: bool = False, random_init: bool = True,
-         batch_size: int | None = None) -> np.ndarray:
+         batch_size: int | None = None, buckets: int = 4,
+         loop: str = "auto") -> np.ndarray:
   """Untargeted APGD (``loss='ce'`` or ``'dlr'``) as the reference's ``perturb``.
 
   Points misclassified on the clean input are left as they are. Each of the
   ``n_restarts`` restarts runs on the points not yet fooled, from a fresh
   random start around the clean point; a fooled point gets that run's most
   recent misclassified iterate. Returns ``x_adv`` (numpy, clean where not
-  fooled). ``key`` is a PRNG key or an int seed.
+  fooled). ``key`` is a PRNG key or an int seed. ``batch_size`` (default
+  250) and ``buckets`` fix the kernel shapes (:func:`bucket_size`); ``loop``
+  see :func:`resolve_loop`.
   """
   if loss not in ("ce", "dlr"):
     raise ValueError(f"apgd needs loss 'ce' or 'dlr', got {loss!r}.")
   x = np.asarray(x)
   y = np.asarray(y)
   clean_ok = predict(logits_fn, x, batch_size=batch_size, randomized=randomized,
-                     key=key) == y
+                     key=key, buckets=buckets) == y
   x_adv, _, _ = apgd_rounds(logits_fn, x, y, key, eps=eps, norm=norm, loss=loss,
                             n_iter=n_iter, n_restarts=n_restarts, rho=rho,
                             step_size=step_size, eot_iter=eot_iter,
                             randomized=randomized, random_init=random_init,
-                            active=clean_ok, batch_size=batch_size)
+                            active=clean_ok, batch_size=batch_size,
+                            buckets=buckets, loop=loop)
   return x_adv
 
 
@@ -614,7 +703,8 @@ def apgd_targeted(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
                   n_iter: int = 100, n_target_classes: int = 9,
                   n_restarts: int = 1, rho: float = 0.75, step_size=None,
                   eot_iter: int = 1, randomized: bool = False,
-                  batch_size: int | None = None) -> np.ndarray:
+                  batch_size: int | None = None, buckets: int = 4,
+                  loop: str = "auto") -> np.ndarray:
   """APGD-T: targeted DLR against the 2nd .. (n_target_classes+1)-th clean classes.
 
   For target rank ``k = 2 .. n_target_classes + 1`` (and each restart) the
@@ -626,14 +716,14 @@ def apgd_targeted(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
   x = np.asarray(x)
   y = np.asarray(y)
   clean_ok = predict(logits_fn, x, batch_size=batch_size, randomized=randomized,
-                     key=key) == y
+                     key=key, buckets=buckets) == y
   x_adv, _, _ = apgd_rounds(logits_fn, x, y, key, eps=eps, norm=norm,
                             loss="dlr-targeted", n_iter=n_iter,
                             n_restarts=n_restarts,
                             n_target_classes=n_target_classes, rho=rho,
                             step_size=step_size, eot_iter=eot_iter,
                             randomized=randomized, active=clean_ok,
-                            batch_size=batch_size)
+                            batch_size=batch_size, buckets=buckets, loop=loop)
   return x_adv
 
 

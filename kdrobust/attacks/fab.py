@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdrobust.attacks.apgd import (DEFAULT_BATCH, TRACES, as_logits_fn, bcast,
+from kdrobust.attacks.apgd import (DEFAULT_BATCH, TRACES, as_logits_fn, bcast, bulk_key,
                                    lp_norm, predict, ranked_targets, resolve_loop,
                                    run_rounds)
 from kdrobust.attacks.projected import as_key, canonical_norm
@@ -58,19 +58,22 @@ def _bisect(pred_at, n_rows: int, d: int, ub0: int):
   ``pred_at(idx [N]) -> bool [N]``; ``lb`` moves up where true, ``ub`` down
   where false. Returns ``lb`` as int32.
   """
-  lb = jnp.zeros((n_rows,), jnp.float32)
-  ub = jnp.full((n_rows,), float(ub0), jnp.float32)
-  for _ in range(int(math.ceil(math.log2(d)))):
+  def body(_, lu):
+    lb, ub = lu
     mid = jnp.floor((lb + ub) / 2)
     c = pred_at(mid.astype(jnp.int32))
-    lb = jnp.where(c, mid, lb)
-    ub = jnp.where(c, ub, mid)
+    return jnp.where(c, mid, lb), jnp.where(c, ub, mid)
+
+  lb = jnp.zeros((n_rows,), jnp.float32)
+  ub = jnp.full((n_rows,), float(ub0), jnp.float32)
+  lb, _ = jax.lax.fori_loop(0, int(math.ceil(math.log2(d))), body, (lb, ub))
   return lb.astype(jnp.int32)
 
 
 _PAIRWISE_MAX_D = 128
 
 
+@jax.jit
 def argsort_rows(a: Array) -> Array:
   """Stable ascending ``argsort`` along the last axis of ``a [N, D]``.
 
@@ -98,6 +101,7 @@ def _take(a: Array, idx: Array) -> Array:
   return jnp.take_along_axis(a, idx[:, None], axis=1)[:, 0]
 
 
+@jax.jit
 def projection_linf(t: Array, w: Array, b: Array) -> Array:
   """Minimal-L-inf step ``d`` with ``<w, t + d> = b`` and ``t + d`` in [0,1]^D.
 
@@ -141,6 +145,7 @@ def projection_linf(t: Array, w: Array, b: Array) -> Array:
   return d * nz
 
 
+@jax.jit
 def projection_l2(t: Array, w: Array, b: Array) -> Array:
   """Minimal-L2 step ``d`` with ``<w, t + d> = b`` and ``t + d`` in [0,1]^D.
 
@@ -337,6 +342,7 @@ def fab_random_start(key: Array, x: Array, eps, norm: str) -> Array:
   ``t ~ U[-1, 1)`` for L-inf, ``N(0, I)`` for L2 (radius ``min(1e10, eps)/2``).
   """
   eps = jnp.asarray(eps, x.dtype)
+  key = bulk_key(key)
   if norm == "linf":
     t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
   else:

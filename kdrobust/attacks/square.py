@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdrobust.attacks.apgd import (DEFAULT_BATCH, TRACES, _pad_rows, as_logits_fn,
-                                   bcast, chunks)
+                                   bcast, bulk_key, chunks, derive_key)
 from kdrobust.attacks.projected import as_key, canonical_norm
 
 Array = jax.Array
@@ -172,14 +172,16 @@ class KeySource:
   key: Array
 
   def init(self, b: int, w: int, c: int, n_tiles: int, dtype):
-    k1, k2, k3 = jax.random.split(jax.random.fold_in(self.key, 0x7FFFFFFF), 3)
+    k0 = jax.random.fold_in(bulk_key(self.key), 0x7FFFFFFF)
+    k1, k2, k3 = (jax.random.fold_in(k0, j) for j in range(3))
     stripes = jax.random.rademacher(k1, (b, w, c)).astype(dtype)
     tile_signs = jax.random.rademacher(k2, (max(n_tiles, 1), b, c)).astype(dtype)
     tile_coins = jax.random.uniform(k3, (max(n_tiles, 1),))
     return stripes, tile_signs, tile_coins
 
   def step(self, it, b: int, c: int, norm: str, dtype) -> StepDraws:
-    k = jax.random.split(jax.random.fold_in(self.key, it), 3)
+    k0 = jax.random.fold_in(bulk_key(self.key), it)
+    k = (k0, jax.random.fold_in(k0, 1))
     u = jax.random.uniform(k[0], (5,))
     shape = (c,) if norm == "linf" else (b, c)
     signs = jax.random.rademacher(k[1], shape).astype(dtype)
@@ -419,7 +421,7 @@ def square_batches(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
       if not todo.any():
         break
       adv, fb = _square_chunk(fn, xb, yb, jnp.asarray(todo),
-                              jax.random.fold_in(jax.random.fold_in(key, ci), r),
+                              derive_key(key, ci, r),
                               eps_a, n_queries=n_queries, p_init=p_init, norm=norm)
       fb = np.asarray(fb) & todo
       hit = np.flatnonzero(fb[:nv])
