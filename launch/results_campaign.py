@@ -337,6 +337,13 @@ def report(args) -> int:
       body = body.replace(f"\n{end}", "\nTrained with kdrobust code versions: " + "; ".join(
           f"`{v}` ({len(k)} run{'s' if len(k) > 1 else ''})" for v, k in versions.items())
           + f".\n{end}")
+    cmds = [r for r in rows if r.get("status") == "ok"]
+    if cmds:
+      body = body.replace(f"\n{end}", (
+          "\n\n<details><summary>Equivalent single-run commands of every row above "
+          "(training, then evaluation)</summary>\n\n```bash\n"
+          + "\n".join(f"{r['command']}\n{r['eval_command']}" for r in cmds)
+          + "\n```\n</details>\n" + end))
     if begin in text and end in text:
       text = text[:text.index(begin)] + body + text[text.index(end) + len(end):]
     else:

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdrobust.attacks.apgd import (DEFAULT_BATCH, _pad_rows, apgd_rounds,
-                                   as_logits_fn, call_logits, predict)
+                                   as_logits_fn, call_logits, derive_key, predict)
 from kdrobust.attacks.fab import fab_rounds
 from kdrobust.attacks.projected import as_key, canonical_norm
 from kdrobust.attacks.square import square_batches
@@ -85,6 +85,7 @@ class AutoAttackConfig:
   fab_targets: int = 9
   square_queries: int = 5000
   square_p_init: float = 0.8
+  buckets: int = 4
 
 
 def version_config(version: str, *, norm: str = "Linf", eps: float = 8 / 255,
@@ -239,7 +240,7 @@ def _run_stage(name: str, fn, x, y, active, key, cfg: AutoAttackConfig, norm: st
                randomized: bool, progress):
   """Run one stage on the ``active`` points; returns ``(x_adv, zero_grad_count)``."""
   common = dict(eps=cfg.eps, norm=norm, active=active, batch_size=cfg.batch_size,
-                progress=progress)
+                buckets=cfg.buckets, progress=progress)
   if name in ("apgd-ce", "apgd-dlr"):
     restarts = cfg.apgd_restarts if name == "apgd-ce" else cfg.apgd_dlr_restarts
     x_adv, _, zero = apgd_rounds(fn, x, y, key, loss=name[5:], n_iter=cfg.n_iter,
@@ -274,7 +275,7 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
                batch_size: int | None = None,
                attacks: Sequence[str] | None = None,
                progress: bool | Callable[[ProgressEvent], None] | None = None,
-               randomized: bool = False, checks: bool = True,
+               randomized: bool = False, checks: bool = True, buckets: int = 4,
                config_overrides: dict | None = None) -> AutoAttackResult:
   """Run AutoAttack on ``(x, y)`` and return an :class:`AutoAttackResult`.
 
@@ -283,7 +284,9 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
   of the compiled executables. ``eps`` is traced (no recompilation across
   epsilons). ``seed=None`` draws a time-based seed like the reference.
   ``batch_size`` (default 250, AutoAttack's) fixes every kernel's shape
-  and Square's batches. ``progress=True`` shows tqdm bars per stage (ETA);
+  and Square's batches; a chunk smaller than ``batch_size`` is padded to one
+  of ``buckets`` sizes (``apgd.bucket_size``; ``buckets=1``: one shape, one
+  compilation per kernel). ``progress=True`` shows tqdm bars per stage (ETA);
   a callable receives :class:`ProgressEvent` s. ``config_overrides`` may
   change iteration/query counts (e.g. ``{'square_queries': 1000}``) for
   cheaper diagnostics; such runs are not AutoAttack.
@@ -301,6 +304,7 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
   bs = min(batch_size or DEFAULT_BATCH, n)
   cfg = version_config(version, norm=norm, eps=eps, attacks=attacks, seed=seed,
                        batch_size=bs)
+  cfg = dataclasses.replace(cfg, buckets=int(buckets))
   if config_overrides:
     cfg = dataclasses.replace(cfg, **config_overrides)
   fn = as_logits_fn(logits_fn)
@@ -315,7 +319,7 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
   # Sanity checks on the first batch.
   first = jnp.asarray(_pad_rows(x[:bs], bs))
   if randomized:
-    z_first = np.asarray(call_logits(fn, first, jax.random.fold_in(key, 999), True))[:min(bs, n)]
+    z_first = np.asarray(call_logits(fn, first, derive_key(key, 999), True))[:min(bs, n)]
   else:
     z_first = np.asarray(_logits(fn, first))[:min(bs, n)]
   if checks:
@@ -328,7 +332,7 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
 
   # Clean pass.
   y_adv = predict(fn, x, batch_size=bs, randomized=randomized,
-                  key=jax.random.fold_in(key, 1000))
+                  key=derive_key(key, 1000), buckets=cfg.buckets)
   robust = y_adv == y
   clean_acc = float(robust.mean())
   acc = collections.OrderedDict(clean=clean_acc)
@@ -350,7 +354,7 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
 
       def cb(done, total, _name=name, _si=si, _sink=sink, _acc=cur_acc):
         _sink(ProgressEvent(_name, _si, n_stages, int(done), int(total), _acc))
-    skey = jax.random.fold_in(key, si)
+    skey = derive_key(key, si)
     xa_stage, zero = _run_stage(name, fn, x, y, robust, skey, cfg, norm_l,
                                 randomized, cb)
     if zero:
@@ -359,7 +363,7 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
     # Fresh forward pass on the returned points (the reference's re-check).
     idx = np.flatnonzero(robust)
     pred = predict(fn, xa_stage[idx], batch_size=bs, randomized=randomized,
-                   key=jax.random.fold_in(key, 2000 + si))
+                   key=derive_key(key, 2000 + si), buckets=cfg.buckets)
     broken = pred != y[idx]
     x_adv[idx[broken]] = xa_stage[idx[broken]]
     y_adv[idx[broken]] = pred[broken]

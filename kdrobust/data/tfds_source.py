@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import logging
 import os
 
 import numpy as np
@@ -15,6 +16,14 @@ import numpy as np
 from kdrobust.data import catalog
 
 _CHUNK = 512
+
+
+def _quiet_opencv_notice(record) -> bool:
+  """TFDS says at every first decode that OpenCV is absent; PIL is what we use."""
+  return "OpenCV is not installed" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_quiet_opencv_notice)
 
 
 def open_split(name: str, data_dir: str | None, split: str):
