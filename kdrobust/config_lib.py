@@ -125,9 +125,18 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def config_differences(a: dict, b: dict, ignore=RESUMABLE_KEYS) -> list[str]:
-  """Keys whose values differ between two config dicts (ignoring resumable keys)."""
-  fa, fb = flatten(a), flatten(b)
+def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]:
+  """Keys whose values differ between a saved config and a new one.
+
+  Resumable keys (cadence, length) are ignored, and so are keys the saved
+  config does not have: fields added by a newer kdrobust (see
+  :func:`new_keys`) must not make an older run unresumable.
+  """
+  fa, fb = flatten(old), flatten(new)
   skip = lambda k: any(k == i or k.startswith(i + ".") for i in ignore)
-  return sorted(k for k in set(fa) | set(fb)
-                if not skip(k) and fa.get(k) != fb.get(k))
+  return sorted(k for k in fa if not skip(k) and fa.get(k) != fb.get(k))
+
+
+def new_keys(old: dict, new: dict) -> list[str]:
+  """Keys of ``new`` that the saved config ``old`` does not have."""
+  return sorted(set(flatten(new)) - set(flatten(old)))

@@ -170,6 +170,10 @@ def _check_workdir(workdir: str, config_dict: dict, overwrite: bool) -> bool:
     old = json.load(f)
   diff = config_lib.config_differences(old, config_dict)
   if not diff:
+    added = config_lib.new_keys(old, config_dict)
+    if added:
+      logging.warning("Resuming a run saved before these config fields existed; they take "
+                      "their current values: %s.", ", ".join(added))
     return True
   if not overwrite:
     raise WorkdirConflictError(

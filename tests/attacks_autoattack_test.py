@@ -5,9 +5,13 @@ Statistical check (attacks.md 9.4, scaled down): a CNN adversarially trained
 on scikit-learn digits (8x8x1, a few seconds) is evaluated by this package's
 ``autoattack(version='standard')`` and by ``pyautoattack.AutoAttack(...,
 version='standard', device='cpu', seed=0)`` on the same 200 test points at
-eps = 0.15 (robust accuracy ~60 %), full standard settings on both sides
-(100 iterations, 9 targets, Square 5000 queries). Acceptance: final robust
-accuracy within 1 pp, per-example disagreement < 2 %.
+eps = 0.15 (robust accuracy ~60 %), standard settings on both sides (100
+iterations, 9 targets) except Square's query budget, reduced from 5000 to
+1000 *identically on both sides* to keep the suite within its CPU budget (the
+full standard run takes ~90 s here on 2 shared cores; it is timed in
+``benchmarks/autoattack_bench.py``, where both implementations agree to
+0.33 % of points). Acceptance: final robust accuracy within 1 pp,
+per-example disagreement < 2 %.
 """
 
 from __future__ import annotations
@@ -137,6 +141,8 @@ def test_stops_when_nothing_is_robust(monkeypatch):
 
 N_STAT = 200
 EPS_STAT = 0.15
+# Square's query budget, reduced identically on both sides (see the module docstring).
+SQUARE_QUERIES = 1000
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +157,11 @@ def test_standard_autoattack_agrees_with_pyautoattack(digits):
   pyautoattack = pytest.importorskip("pyautoattack")
   params, x, y = digits
   res = aa_lib.autoattack(digits_logits_fn(params), x, y, eps=EPS_STAT, version="standard",
-                          seed=0, batch_size=N_STAT, buckets=1)
+                          seed=0, batch_size=N_STAT, buckets=1,
+                          config_overrides=dict(square_queries=SQUARE_QUERIES))
   ref = pyautoattack.AutoAttack(TorchDigits(params), norm="Linf", eps=EPS_STAT,
                                 version="standard", device="cpu", seed=0)
+  ref.square.n_queries = SQUARE_QUERIES
   _, y_adv = ref.run_standard_evaluation(torch.tensor(to_nchw(x)), torch.tensor(y).long(),
                                          batch_size=N_STAT)
   robust_ref = y_adv.numpy() == y

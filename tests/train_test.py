@@ -209,3 +209,13 @@ def test_kill_and_resume_through_cli(tmp_path, digits_dir, sig):
   a = json.load(open(os.path.join(w, "results.json")))
   b = json.load(open(tmp_path / "ref" / "results.json"))
   assert (a["clean_accuracy"], a["robust_accuracy"]) == (b["clean_accuracy"], b["robust_accuracy"])
+
+
+def test_fields_added_by_newer_code_do_not_block_resume():
+  old = tiny_config().to_dict()
+  del old["method"]["attack"]["bn_mode"]
+  new = tiny_config().to_dict()
+  assert config_lib.config_differences(old, new) == []
+  assert config_lib.new_keys(old, new) == ["method.attack.bn_mode"]
+  new["method"]["attack"]["eps"] = 0.2
+  assert config_lib.config_differences(old, new) == ["method.attack.eps"]

@@ -63,6 +63,7 @@ Array = jax.Array
 LogitsFn = Callable[..., Array]
 APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
 DEFAULT_BATCH = 250  # AutoAttack's run_standard_evaluation default.
+DEFAULT_BUCKETS = 8  # padded chunk shapes per kernel (see bucket_size)
 # Trace counters of the jitted kernels (tests assert that nothing retraces).
 TRACES: collections.Counter = collections.Counter()
 
@@ -175,7 +176,7 @@ def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
 
 
 def predict(logits_fn: LogitsFn, x, *, batch_size: int | None = None,
-            key=None, randomized: bool = False, buckets: int = 4) -> np.ndarray:
+            key=None, randomized: bool = False, buckets: int = DEFAULT_BUCKETS) -> np.ndarray:
   """Batched argmax predictions as a numpy array (fixed padded chunk shape)."""
   fn = as_logits_fn(logits_fn)
   x = np.asarray(x)
@@ -190,7 +191,7 @@ def predict(logits_fn: LogitsFn, x, *, batch_size: int | None = None,
   return out
 
 
-def bucket_size(n: int, batch_size: int, buckets: int = 4) -> int:
+def bucket_size(n: int, batch_size: int, buckets: int = DEFAULT_BUCKETS) -> int:
   """Padded row count for a chunk of ``n <= batch_size`` rows.
 
   The shapes are ``ceil(k batch_size / buckets)`` rounded up to a multiple of
@@ -207,7 +208,7 @@ def bucket_size(n: int, batch_size: int, buckets: int = 4) -> int:
   return batch_size
 
 
-def chunks(idx: np.ndarray, batch_size: int, buckets: int = 4):
+def chunks(idx: np.ndarray, batch_size: int, buckets: int = DEFAULT_BUCKETS):
   """Cut ``idx`` into ``(rows, padded_size)`` chunks of at most ``batch_size`` rows."""
   for start in range(0, idx.size, batch_size):
     sel = idx[start:start + batch_size]
@@ -215,7 +216,7 @@ def chunks(idx: np.ndarray, batch_size: int, buckets: int = 4):
 
 
 def run_rounds(kernel, x: np.ndarray, y: np.ndarray, active: np.ndarray, *,
-               n_rounds: int, key: Array, batch_size: int, buckets: int = 4,
+               n_rounds: int, key: Array, batch_size: int, buckets: int = DEFAULT_BUCKETS,
                progress: Callable[[int, int], None] | None = None):
   """Run ``n_rounds`` rounds of a per-example-independent attack with compaction.
 
@@ -620,7 +621,7 @@ def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
                 eot_iter: int = 1, randomized: bool = False,
                 random_init: bool = True, active=None, select: str = "adv",
                 batch_size: int | None = None, progress=None, loop: str = "auto",
-                buckets: int = 4):
+                buckets: int = DEFAULT_BUCKETS):
   """Host driver shared by :func:`apgd`, :func:`apgd_targeted` and AutoAttack.
 
   Returns ``(x_adv, fooled, zero_grad_count)`` as numpy arrays; ``x_adv`` is
@@ -672,7 +673,7 @@ def apgd(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
          loss: str = "ce", n_iter: int = 100, n_restarts: int = 1,
          rho: float = 0.75, step_size=None, eot_iter: int = 1,
          randomized: bool = False, random_init: bool = True,
-         batch_size: int | None = None, buckets: int = 4,
+         batch_size: int | None = None, buckets: int = DEFAULT_BUCKETS,
          loop: str = "auto") -> np.ndarray:
   """Untargeted APGD (``loss='ce'`` or ``'dlr'``) as the reference's ``perturb``.
 
@@ -703,7 +704,7 @@ def apgd_targeted(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
                   n_iter: int = 100, n_target_classes: int = 9,
                   n_restarts: int = 1, rho: float = 0.75, step_size=None,
                   eot_iter: int = 1, randomized: bool = False,
-                  batch_size: int | None = None, buckets: int = 4,
+                  batch_size: int | None = None, buckets: int = DEFAULT_BUCKETS,
                   loop: str = "auto") -> np.ndarray:
   """APGD-T: targeted DLR against the 2nd .. (n_target_classes+1)-th clean classes.
 

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdrobust.attacks.apgd import (DEFAULT_BATCH, _pad_rows, apgd_rounds,
+from kdrobust.attacks.apgd import (DEFAULT_BATCH, DEFAULT_BUCKETS, _pad_rows, apgd_rounds,
                                    as_logits_fn, call_logits, derive_key, predict)
 from kdrobust.attacks.fab import fab_rounds
 from kdrobust.attacks.projected import as_key, canonical_norm
@@ -85,7 +85,7 @@ class AutoAttackConfig:
   fab_targets: int = 9
   square_queries: int = 5000
   square_p_init: float = 0.8
-  buckets: int = 4
+  buckets: int = DEFAULT_BUCKETS
 
 
 def version_config(version: str, *, norm: str = "Linf", eps: float = 8 / 255,
@@ -275,7 +275,7 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
                batch_size: int | None = None,
                attacks: Sequence[str] | None = None,
                progress: bool | Callable[[ProgressEvent], None] | None = None,
-               randomized: bool = False, checks: bool = True, buckets: int = 4,
+               randomized: bool = False, checks: bool = True, buckets: int = DEFAULT_BUCKETS,
                config_overrides: dict | None = None) -> AutoAttackResult:
   """Run AutoAttack on ``(x, y)`` and return an :class:`AutoAttackResult`.
 

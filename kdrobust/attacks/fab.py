@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdrobust.attacks.apgd import (DEFAULT_BATCH, TRACES, as_logits_fn, bcast, bulk_key,
+from kdrobust.attacks.apgd import (DEFAULT_BATCH, DEFAULT_BUCKETS, TRACES, as_logits_fn, bcast, bulk_key,
                                    lp_norm, predict, ranked_targets, resolve_loop,
                                    run_rounds)
 from kdrobust.attacks.projected import as_key, canonical_norm
@@ -386,7 +386,7 @@ def fab_rounds(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
                n_target_classes: int = 9, alpha_max: float = 0.1,
                eta: float = 1.05, beta: float = 0.9, active=None,
                batch_size: int | None = None, progress=None, loop: str = "auto",
-               buckets: int = 4):
+               buckets: int = DEFAULT_BUCKETS):
   """Host driver shared by :func:`fab`, :func:`fab_targeted` and AutoAttack.
 
   Returns ``(x_adv, fooled)`` (numpy); ``x_adv`` is clean where not fooled.

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdrobust.attacks.apgd import (DEFAULT_BATCH, TRACES, _pad_rows, as_logits_fn,
+from kdrobust.attacks.apgd import (DEFAULT_BATCH, DEFAULT_BUCKETS, TRACES, _pad_rows, as_logits_fn,
                                    bcast, bulk_key, chunks, derive_key)
 from kdrobust.attacks.projected import as_key, canonical_norm
 
@@ -389,7 +389,7 @@ def _square_chunk(fn, x, y, valid, key, eps, *, n_queries, p_init, norm):
 def square_batches(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
                    n_queries: int = 5000, p_init: float = 0.8,
                    n_restarts: int = 1, active=None,
-                   batch_size: int | None = None, progress=None, buckets: int = 4):
+                   batch_size: int | None = None, progress=None, buckets: int = DEFAULT_BUCKETS):
   """Host driver shared by :func:`square` and AutoAttack.
 
   The ``active`` points, in index order, are cut into chunks of
