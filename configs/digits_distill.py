@@ -31,13 +31,12 @@ first use. Student ``tiny_cnn`` (widths 16-32-64), per-dataset normalisation
 inside the model. SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 64,
 cosine schedule, eps 0.1 in [0, 1] pixels, inner attack 5 steps of eps/4 from
 each method's own start (uniform or gaussian), evaluation PGD-20 at eps every
-5 epochs. CHOICES for short CPU runs
-(``paper_settings.SHORT_RUN``): every KL at ``batchmean`` (no 1/C, no
-RSLAD/MTARD 0.1 factor), tau = 1 for ARD and AdaIAD, IAD/AdaIAD ``begin``
-and DARHT's curriculum at the papers' fraction of the run (30% for
-``begin``; DARHT's 50/350 and 118/350), MTARD's weight step not decayed
-(cosine lr). MTARD: teacher 0 = ``teacher`` (adversarial), teacher 1 =
-``teacher2`` (natural). DARHT: K = 2 slots (``teacher``, ``teacher2``),
+5 epochs. CHOICES for short CPU runs (``paper_settings.SHORT_RUN``): every KL
+at ``batchmean`` (no 1/C, no RSLAD/MTARD 0.1 factor), tau = 1 for ARD and
+AdaIAD, IAD/AdaIAD ``begin`` and DARHT's curriculum at the papers' fraction of
+the run (30% for ``begin``; DARHT's 50/350 and 118/350), MTARD's weight step
+not decayed (cosine lr). MTARD: teacher 0 = ``teacher`` (adversarial), teacher
+1 = ``teacher2`` (natural). DARHT: K = 2 slots (``teacher``, ``teacher2``),
 ``model.kwargs.head_slots = 2``. Accuracies on digits are demos, not paper
 results.
 
@@ -72,10 +71,11 @@ def distill_methods():
   return sorted(names) + list(IGDM_ONLY)
 
 
-def method_and_teachers(method, igdm, eps, epochs, teacher, teacher2):
+def method_and_teachers(method, igdm, eps, epochs, teacher, teacher2, unroll=1):
   """``(config.method, config.teachers, student name, student kwargs)`` of a short CPU run.
 
-  Shared with configs/subset_distill.py.
+  Shared with configs/subset_distill.py. ``unroll`` is the inner attack's
+  ``lax.fori_loop`` unroll (faster on XLA:CPU for 32x32 images, not for 8x8).
   """
   ps.choice("method", method, distill_methods())
   if method in IGDM_ONLY and igdm <= 0:
@@ -85,7 +85,7 @@ def method_and_teachers(method, igdm, eps, epochs, teacher, teacher2):
     raise ValueError(f"IGDM is not defined for {method!r}; it supports: "
                      f"{', '.join(igdm_lib.SUPPORTED)}.")
   hparams = ps.short_run_hparams(method, epochs)
-  attack = {"eps": eps, "step_size": eps / 4, "steps": 5}
+  attack = {"eps": eps, "step_size": eps / 4, "steps": 5, "unroll": unroll}
   method_config = config_lib.method_config(method, igdm_alpha=igdm, attack=attack, **hparams)
   first = config_lib.teacher_config(teacher)
   second = config_lib.teacher_config(teacher2 or teacher, which="latest")

@@ -25,13 +25,14 @@ Args: as configs/digits_distill.py (``method=``, ``igdm=<alpha>``,
 ``teacher=`` default ``runs/subset_pgd_at``, ``teacher2=``, ``epochs=10``,
 ``eps=0.03137`` = 8/255) plus ``data_dir=`` (default ``data/cifar10_subset``).
 
-Teacher: the ``small_cnn`` PGD-AT run of configs/cifar10_subset_pgd_at.py
-(eps 8/255, 10 epochs). Student ``tiny_cnn`` (DARHT: with 2 teacher slots),
+Teacher: the ``small_cnn`` PGD-AT run of configs/cifar10_subset_pgd_at.py (eps
+8/255, 10 epochs). Student ``tiny_cnn`` (DARHT: with 2 teacher slots),
 per-dataset normalisation inside the model. SGD lr 0.05, momentum 0.9, weight
 decay 5e-4, batch 128, cosine schedule, inner attack 5 steps of 2/255 in the
-8/255 ball, evaluation PGD-20 at 8/255 every 5 epochs on the 1,017 test images; method hyperparameters as configs/digits_distill.py
-(``paper_settings.SHORT_RUN``). Accuracies on this subset are not CIFAR-10
-results.
+8/255 ball (loop unrolled: faster on XLA:CPU), evaluation PGD-20 at 8/255
+every 5 epochs on the 1,017 test images; method hyperparameters as
+configs/digits_distill.py (``paper_settings.SHORT_RUN``). Accuracies on this
+subset are not CIFAR-10 results.
 """
 
 import os
@@ -49,8 +50,10 @@ def get_config(arg=None):
   a = config_lib.parse_arg(arg, method="adaad", igdm=0.0, teacher="runs/subset_pgd_at",
                            teacher2="", epochs=10, eps=8 / 255,
                            data_dir="data/cifar10_subset")
+  # unroll=5: XLA:CPU runs the unrolled 5-step attack faster; 20 AdaAD steps took
+  # 63 s of CPU with unroll=1 and 40 s with unroll=5 (environment.md has the why).
   method, teachers, student, model_kw = digits_distill.method_and_teachers(
-      a.method, a.igdm, a.eps, a.epochs, a.teacher, a.teacher2)
+      a.method, a.igdm, a.eps, a.epochs, a.teacher, a.teacher2, unroll=5)
   c = config_lib.base_config()
   c.seed = 0
   c.num_epochs = a.epochs

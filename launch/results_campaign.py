@@ -267,7 +267,9 @@ def table(rows: list[dict], root: str | None = None) -> str:
   order = ["teacher", "natural_teacher"] + ALL_METHODS
   out = ["| method | config | seeds | clean | PGD-20 | AutoAttack | gap PGD-20 − AA | time / run (train + eval) | eval warnings |",
          "|---|---|---|---|---|---|---|---|---|"]
+  lines = {}
   for m in order:
+    out_m = lines.setdefault(m, [])
     rs = sorted((r for (k, _), r in last.items() if k == m), key=lambda r: r["seed"])
     if not rs:
       continue
@@ -275,6 +277,8 @@ def table(rows: list[dict], root: str | None = None) -> str:
     bad = [r for r in rs if r.get("status") != "ok"]
     label = _label(m)
     cfg = (ok or rs)[0]["config"] + f"; {(ok or rs)[0].get('model', '')}"
+    if m == "darht":
+      cfg += " (DARHT multi-slot head)"
     if ok:
       seeds = ",".join(str(r["seed"]) for r in ok)
       gap = [r["pgd20"] - r["aa"] for r in ok]
@@ -282,11 +286,11 @@ def table(rows: list[dict], root: str | None = None) -> str:
       ckpt = ok[0].get("checkpoint") or {}
       if m == "teacher":
         cfg += f"; ckpt {ckpt.get('resolved', '?')} (step {ckpt.get('step', '?')})"
-      out.append(f"| {label} | {cfg} | {seeds} | {_stat([r['clean'] for r in ok])} | "
+      out_m.append(f"| {label} | {cfg} | {seeds} | {_stat([r['clean'] for r in ok])} | "
                  f"{_stat([r['pgd20'] for r in ok])} | {_stat([r['aa'] for r in ok])} | "
                  f"{_stat(gap)} | {_fmt_time(ok)} | {', '.join(warns) or 'none'} |")
     for r in bad:
-      out.append(f"| {label} | {cfg} | {r['seed']} | failed: {r['error']} | | | | | |")
+      out_m.append(f"| {label} | {cfg} | {r['seed']} | failed: {r['error']} | | | | | |")
   if root:
     for m in order:
       if any(k == m for (k, _) in last):
@@ -298,13 +302,13 @@ def table(rows: list[dict], root: str | None = None) -> str:
         with open(res) as f:
           rj = json.load(f)
         t = _train_time(wd)
-        out.append(
+        lines[m].append(
             f"| {label} | trained, not evaluated in time | 0 | {100 * rj['clean_accuracy']:.1f}* | "
             f"{100 * rj['robust_accuracy'].get('pgd20', float('nan')):.1f}* | not run | - | "
             f"{'%.1f min (train)' % (t / 60) if t else '-'} | - |")
       elif m != "natural_teacher":
-        out.append(f"| {label} | not run (out of time) | - | - | - | - | - | - | - |")
-  return "\n".join(out)
+        lines[m].append(f"| {label} | not run (out of time) | - | - | - | - | - | - | - |")
+  return "\n".join(out + [l for m in order for l in lines.get(m, [])])
 
 
 def args_n(ds: str) -> str:

@@ -134,8 +134,8 @@ def test_square_matches_reference_with_injected_draws(monkeypatch, norm, eps, n_
   xb_ref = to_nhwc(xb_ref)
   with x64():
     f = jax_model(w, jnp.float64)
-    run = sq.square_single_run(f, x, y, sq.ArraySource(**{k: jnp.asarray(v) for k, v in src.items()}),
-                               eps=eps, norm=norm, n_queries=n_queries)
+    source = sq.ArraySource(**{k: jnp.asarray(v) for k, v in src.items()})
+    run = sq.square_single_run(f, x, y, source, eps=eps, norm=norm, n_queries=n_queries)
     xb, margin, nq = (np.asarray(v) for v in run)
     margin_ref = np.asarray(sq.square_margin(f(xb_ref), jnp.asarray(y)))
   np.testing.assert_array_equal(nq, nq_ref.numpy())

@@ -3,8 +3,11 @@
 Reference: ``fra31/auto-attack`` at ``a392200`` = ``pyautoattack==0.2.0``
 (``autopgd_base.py``); spec: ``attacks.md`` sections 2, 3 and P13.
 
-One single run (:func:`apgd_single_run`) is a jitted ``lax.fori_loop`` over
-``n_iter`` iterations with every per-example quantity in an array:
+One single run (:func:`apgd_single_run`) is a jitted init plus ``n_iter``
+jitted steps, driven by one ``lax.fori_loop`` (``loop='device'``, the default
+off CPU) or by the host, one dispatch per step with every state array staying
+on the device (``loop='host'``, the default on CPU: :func:`resolve_loop`);
+every per-example quantity is an array:
 
     x_0 = clip_[0,1](x_init),  eta_0 = 2 eps (per example),  g_0 = grad L(x_0)
     for i = 0 .. n_iter-1:
@@ -13,7 +16,7 @@ One single run (:func:`apgd_single_run`) is a jitted ``lax.fori_loop`` over
       x_{i+1} = P( x_i + a (z - x_i) + (1 - a) Delta )
       (L_{i+1}, g_{i+1}) at x_{i+1};  keep the best-loss point (strict >) and
       the most recent misclassified iterate
-      at a checkpoint (a static host-side table, see checkpoint_schedule):
+      at a checkpoint (a host-side table, see checkpoint_schedule):
         reduce = [#{increases in the last k steps} <= rho k]
                  or [not reduced_last and L_best_last >= L_best]
         where reduce: eta /= 2, x_{i+1} = x_best, g_{i+1} = g_best
@@ -25,7 +28,9 @@ oscillation test and its wrap-around read of ``loss_steps[-1]`` at the first
 checkpoint, ``x_{i-1}`` not reset after a restart-from-best, per-example step
 sizes, strict ``>`` for the best loss, a misclassified random start counting,
 momentum 0.75 from ``i = 1``. Like the reference, the step sizes and the
-``loss_steps`` buffer are float32 even when the run is float64.
+``loss_steps`` buffer are float32 even when the run is float64. The schedule
+tables are arguments padded to a multiple of 100 iterations, so ``n_iter``
+= 10, 20 or 100 share one compilation.
 
 Randomness: :func:`random_start` (L-inf: ``x + eps t / max|t|``,
 ``t ~ U[-1,1)``, a point on the eps-sphere; L2: ``x + eps t / ||t||_2``,
@@ -35,14 +40,16 @@ explicitly so tests can inject the reference's start.
 The host-level :func:`apgd` / :func:`apgd_targeted` reproduce the reference's
 ``perturb``: restarts (and targets) each run on the points still robust,
 starting from the clean point. Points are compacted on the host between
-rounds and re-batched into fixed-size padded chunks, so one compiled kernel
-serves every round, batch and epsilon (``eps`` is traced). Rounds run
+rounds and re-batched into chunks of ``batch_size`` rows, a smaller last
+chunk padded (with a mask) to one of a few fixed sizes (:func:`bucket_size`),
+so the compiled kernels serve every round, batch and epsilon (``eps`` is
+traced) without recompiling. Rounds run
 "target-major" over all still-robust points instead of the reference's
 "batch-major" order; every run is per-example independent, so only the
 assignment of random numbers differs (attacks.md section 6).
 
 This module also holds the small shared helpers the other attacks use
-(``as_logits_fn``, ``run_rounds``, ``predict``).
+(``as_logits_fn``, ``run_rounds``, ``predict``, ``derive_key``, ``bulk_key``).
 """
 
 from __future__ import annotations

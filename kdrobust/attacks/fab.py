@@ -4,8 +4,9 @@ Reference: ``fab_base.py``, ``fab_pt.py`` and ``fab_projections.py`` of
 ``fra31/auto-attack`` ``a392200`` (= ``pyautoattack==0.2.0``); spec:
 ``attacks.md`` section 4. L-inf and L2 (AutoAttack's L1 is not implemented).
 
-One run (:func:`fab_single_run`) is a jitted ``lax.fori_loop`` of ``n_iter``
-iterations on the points correctly classified at ``x0``; no early stop:
+One run (:func:`fab_single_run`) is ``n_iter`` jitted iterations (one
+``lax.fori_loop``, or host-driven steps on CPU: ``apgd.resolve_loop``) on
+the points correctly classified at ``x0``; no early stop:
 
     linearise at x1:   f_l = z_l - z_y,  g_l = grad_x f_l     (targeted: l = t only)
     l* = argmin_l |f_l| / (||g_l||_q + 1e-12)                 (q dual to p)
@@ -26,7 +27,9 @@ the full Jacobian (one backward pass per class) and random starts of radius
 The box-constrained hyperplane projections (:func:`projection_linf`,
 :func:`projection_l2`) follow the reference's algorithm step by step:
 sort the breakpoints, cumulative sums, then a ``ceil(log2 d)``-step
-bisection, vectorised over rows.
+bisection, vectorised over rows. Like the reference, FAB runs in float32.
+The host drivers (:func:`fab_rounds`) schedule targets and restarts as
+rounds over all still-robust points (``apgd.run_rounds``).
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdrobust.attacks.apgd import (DEFAULT_BATCH, DEFAULT_BUCKETS, TRACES, as_logits_fn, bcast, bulk_key,
-                                   lp_norm, predict, ranked_targets, resolve_loop,
-                                   run_rounds)
+from kdrobust.attacks.apgd import (DEFAULT_BATCH, DEFAULT_BUCKETS, TRACES,
+                                   as_logits_fn, bcast, bulk_key, lp_norm, predict,
+                                   ranked_targets, resolve_loop, run_rounds)
 from kdrobust.attacks.projected import as_key, canonical_norm
 
 Array = jax.Array
@@ -331,8 +334,8 @@ def _fab_host(fn, x, y, x_start, target_class, eps, *, n_iter, norm, targeted,
   """The same run with one jitted step per iteration (see ``apgd.resolve_loop``)."""
   c, s = _fab_init_jit(fn, x, y, x_start, target_class, targeted=targeted)
   for i in range(n_iter):
-    s = _fab_step_jit(jnp.asarray(i, jnp.int32), s, c, norm=norm, targeted=targeted, alpha_max=alpha_max,
-                      eta=eta, beta=beta)
+    s = _fab_step_jit(jnp.asarray(i, jnp.int32), s, c, norm=norm, targeted=targeted,
+                      alpha_max=alpha_max, eta=eta, beta=beta)
   return _fab_finish_jit(c, s, eps, norm=norm)
 
 

@@ -47,8 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdrobust.attacks.apgd import (DEFAULT_BATCH, DEFAULT_BUCKETS, TRACES, _pad_rows, as_logits_fn,
-                                   bcast, bulk_key, chunks, derive_key)
+from kdrobust.attacks.apgd import (DEFAULT_BATCH, DEFAULT_BUCKETS, TRACES, _pad_rows,
+                                   as_logits_fn, bcast, bulk_key, chunks, derive_key,
+                                   predict)
 from kdrobust.attacks.projected import as_key, canonical_norm
 
 Array = jax.Array
@@ -61,7 +62,8 @@ Array = jax.Array
 
 def p_selection(it: int, p_init: float = 0.8, n_queries: int = 5000,
                 rescale: bool = False) -> float:
-  """AutoAttack's p schedule: ``p_init`` halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000."""
+  """AutoAttack's p schedule: ``p_init`` halved after 10, 50, 200, 500, 1000, 2000,
+  4000, 6000 and 8000 iterations (``rescale`` maps ``it`` to a 10000-query scale)."""
   if rescale:
     it = int(it / n_queries * 10000)
   bounds = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -442,7 +444,6 @@ def square(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
   Only clean-correct points are attacked; a point gets the run's ``x_best``
   where that is misclassified, else keeps its clean value.
   """
-  from kdrobust.attacks.apgd import predict  # local: avoid a cycle in docs tools
   x = np.asarray(x)
   y = np.asarray(y)
   ok = predict(logits_fn, x, batch_size=batch_size) == y
