@@ -93,7 +93,9 @@ def base_config() -> mlc.ConfigDict:
       "dtype": "float32",  # compute dtype; 'bfloat16' keeps params and inputs fp32
       "kwargs": {}})
   c.method = method_config("natural")
-  c.teachers = mlc.ConfigDict()  # name -> teacher_config(...), in order
+  # name -> teacher_config(...). ml_collections orders keys by name, so multi-teacher
+  # methods (MTARD: adversarial then natural; DARHT) see them in sorted name order.
+  c.teachers = mlc.ConfigDict()
   c.teacher_eval_examples = 512  # clean + PGD-20 check of each teacher; 0 = off
   c.optim = mlc.ConfigDict({
       "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
