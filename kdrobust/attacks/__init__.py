@@ -8,10 +8,10 @@ integer seed.
 from kdrobust.attacks.projected import (  # noqa: F401
     as_key, ascent_direction, cw_linf, fgsm, maximize, pgd, pgd_inner,
     project, random_init)
-# AutoAttack and its attacks. The functions named like their modules
-# (``apgd``, ``fab``, ``square``, ``autoattack``) are reached through the
-# submodules, e.g. ``kdrobust.attacks.autoattack.autoattack``, so that
-# ``from kdrobust.attacks import autoattack`` keeps giving the module.
+# AutoAttack and its attacks. ``apgd``, ``square`` and ``autoattack`` are
+# submodules that are also callable (attacks/_callable.py):
+# ``kdrobust.attacks.autoattack(logits_fn, x, y, eps=...)`` runs AutoAttack and
+# ``kdrobust.attacks.autoattack.version_config`` reaches the module.
 from kdrobust.attacks import apgd, autoattack, fab, square, transfer  # noqa: F401,E402
 from kdrobust.attacks.apgd import apgd_single_run, apgd_targeted  # noqa: F401,E402
 from kdrobust.attacks.autoattack import AutoAttackResult  # noqa: F401,E402

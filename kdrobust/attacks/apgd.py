@@ -745,3 +745,8 @@ __all__ = [
     "apgd_params", "checkpoint_schedule", "oscillation_count", "random_start",
     "apgd_loss", "schedule_summary",
 ]
+
+
+from kdrobust.attacks._callable import make_callable  # noqa: E402
+
+make_callable(__name__, apgd)

@@ -398,3 +398,8 @@ def warn_all(result: AutoAttackResult) -> None:
 __all__ = ["autoattack", "AutoAttackResult", "AutoAttackConfig", "ProgressEvent",
            "version_config", "check_randomized", "check_range_output",
            "check_n_classes", "check_square_sr", "ATTACKS", "VERSIONS"]
+
+
+from kdrobust.attacks._callable import make_callable  # noqa: E402
+
+make_callable(__name__, autoattack)

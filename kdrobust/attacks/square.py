@@ -457,3 +457,8 @@ def square(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
 __all__ = ["SquareRun", "KeySource", "ArraySource", "StepDraws", "square",
            "square_single_run", "square_batches", "square_margin", "p_selection",
            "side_schedule", "eta_pattern", "l2_init_tiles"]
+
+
+from kdrobust.attacks._callable import make_callable  # noqa: E402
+
+make_callable(__name__, square)
