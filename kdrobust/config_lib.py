@@ -17,7 +17,7 @@ from kdrobust import methods as methods_lib
 
 # Keys that may differ when the same workdir is resumed (cadence, length).
 RESUMABLE_KEYS = ("total_steps", "log_every_steps", "ckpt", "eval.every_epochs",
-                  "teacher_eval_examples")
+                  "teacher_eval_examples", "diagnostics")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
@@ -104,6 +104,12 @@ def base_config() -> mlc.ConfigDict:
   c.eval = mlc.ConfigDict({
       "every_epochs": 1, "num_examples": 0, "eps": 8 / 255,
       "attacks": {"pgd20": eval_attack_config("pgd", steps=20, step_fraction=0.25)}})
+  # Distillation diagnostics logged while training (kdrobust.diagnostics), on the
+  # first num_examples test points at eval.eps: IGDM's GD/GC against every teacher
+  # (gradient_agreement) and KDIGA's local linearity. every_epochs = 0: off.
+  c.diagnostics = mlc.ConfigDict({
+      "every_epochs": 0, "num_examples": 512, "gradient_agreement": True,
+      "local_linearity": False, "local_linearity_steps": 50})
   c.ckpt = mlc.ConfigDict({"every_epochs": 1, "keep": 2})
   return c
 

@@ -132,6 +132,19 @@ def evaluate(eval_step, variables, batches, mesh, eps: float) -> dict[str, float
           "robust_accuracy": {k: float(v) / n for k, v in sorted(totals.items())}}
 
 
+def diagnose(diag_step, variables, teacher_variables, batches, mesh, eps: float
+             ) -> dict[str, float]:
+  """Means of the diagnostics over padded, masked batches (one fetch at the end)."""
+  totals = None
+  for i, local in enumerate(batches):
+    batch = parallel.global_batch(mesh, local)
+    out = diag_step(variables, teacher_variables, batch, jnp.float32(eps), jnp.int32(i))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  n = float(totals.pop("count"))
+  return {k: float(v) / n for k, v in sorted(totals.items())}
+
+
 # ----------------------------------------------------------------------------
 # Validation: every bad input fails before any compute.
 # ----------------------------------------------------------------------------
@@ -158,6 +171,15 @@ def validate(config) -> tuple[Any, Any]:
                      f"got {n} ({', '.join(config.teachers) or 'none'}).")
   for name, tc in config.teachers.items():
     teachers_lib.check_compatible(name, tc, info)
+  d = config.get("diagnostics")
+  if d is not None and d.every_epochs:
+    if not (d.local_linearity or (d.gradient_agreement and n)):
+      raise ValueError(
+          "config.diagnostics.every_epochs > 0 but there is nothing to log: gradient "
+          "agreement (GD/GC) needs teachers in config.teachers, and "
+          "config.diagnostics.local_linearity is off.")
+    if d.local_linearity and d.local_linearity_steps < 1:
+      raise ValueError("config.diagnostics.local_linearity_steps must be >= 1.")
   return method, info
 
 
@@ -273,6 +295,23 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
                                   batch_size=config.data.eval_batch_size,
                                   num_examples=num_examples or None)
 
+  diag = config.get("diagnostics") or {}
+  diag_step = None
+  if diag and diag.every_epochs:
+    diag_step = step_lib.make_diagnostics_step(
+        model.apply, {t.name: t.module.apply for t in teachers} if diag.gradient_agreement
+        else {}, local_linearity=diag.local_linearity,
+        local_linearity_steps=diag.local_linearity_steps, seed=config.seed)
+    diag_teacher_vars = teacher_vars if diag.gradient_agreement else ()
+    diag_every = max(int(diag.every_epochs * steps_per_epoch), 1)
+
+  def run_diagnostics(step_now, variables):
+    res = diagnose(diag_step, variables, diag_teacher_vars,
+                   eval_batches(diag.num_examples), mesh, config.eval.eps)
+    writer.write(step_now, "diagnostics", res)
+    return res
+
+  last_diag: dict[str, float] = {}
   if start_step == 0 and config.teacher_eval_examples and teachers:
     for t in teachers:
       t_eval = step_lib.make_eval_step(t.module.apply, eval_attacks(config.eval), seed=config.seed)
@@ -323,12 +362,16 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
         last_eval = evaluate(eval_step, state.variables(),
                              eval_batches(config.eval.num_examples), mesh, config.eval.eps)
         writer.write(step, "eval", _flat_eval(last_eval))
+      if diag_step is not None and (step % diag_every == 0 or step == total_steps):
+        last_diag = run_diagnostics(step, state.variables())
       if is_epoch_end:
         epoch = -(-step // steps_per_epoch)
         summary = f"epoch {epoch} step {step}/{total_steps}"
         if last_eval:
           summary += (f" clean {last_eval['clean_accuracy']:.4f} "
                       + " ".join(f"{k} {v:.4f}" for k, v in last_eval["robust_accuracy"].items()))
+        if last_diag:
+          summary += " " + " ".join(f"{k} {v:.4g}" for k, v in last_diag.items())
         bar.write(summary)
       if step % ckpt_every == 0 or step == total_steps or preempt.requested:
         ckpt.save(step, state, dict(meta_base, step=step, metrics=_best_metrics(last_eval)),
@@ -352,6 +395,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
       "num_examples": final["num_examples"], "eps": config.eval.eps,
       "step": step, "best_step": ckpt.best_step(), "method": method.name,
       "config": config_dict, "code_version": code_version(),
+      **({"diagnostics": last_diag} if last_diag else {}),
       "jax_version": jax.__version__, "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
   }
   ckpt.close()

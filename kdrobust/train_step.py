@@ -134,6 +134,45 @@ def make_eval_step(apply_fn, attacks: Mapping[str, Callable], *, seed: int = 0):
   return eval_step
 
 
+def make_diagnostics_step(apply_fn, teacher_apply_fns: Mapping[str, Callable] | None = None, *,
+                          local_linearity: bool = False, local_linearity_steps: int = 50,
+                          seed: int = 0):
+  """Per-batch sums of the distillation diagnostics (:mod:`kdrobust.diagnostics`).
+
+  ``diag(variables, teacher_variables, batch, eps, batch_index) -> {name: sum}``
+  with, for every teacher ``t`` (a name in ``teacher_apply_fns``),
+  ``gd/t = sum_i ||g_S,i - g_T,i||_2`` and ``gc/t = sum_i cos(g_S,i, g_T,i)``
+  (IGDM's GD and GC on the clean points, ``g = grad_x CE(f(x), y)``), and with
+  ``local_linearity`` the sum of KDIGA's ``gamma(eps, x_i)``; plus ``count``.
+  Sums respect ``batch['mask']``; divide by ``count`` for the means. Student
+  and teachers run in inference mode at 'highest' matmul precision; ``eps``
+  is traced.
+  """
+  from kdrobust import diagnostics  # pylint: disable=g-import-not-at-top
+  base_key = jax.random.PRNGKey(seed)
+  names = tuple(teacher_apply_fns or {})
+  fns = tuple((teacher_apply_fns or {})[n] for n in names)
+
+  @jax.jit
+  def diag_step(variables, teacher_variables, batch, eps, batch_index):
+    with jax.default_matmul_precision("highest"):
+      student = lambda x: apply_fn(variables, x, train=False)
+      x, y, mask = batch["image"], batch["label"], batch["mask"].astype(jnp.float32)
+      out = {"count": jnp.sum(mask)}
+      for name, f, v in zip(names, fns, teacher_variables):
+        agree = diagnostics.gradient_agreement(student, teacher_logits_fn(f, v), x, y)
+        out[f"gd/{name}"] = jnp.sum(agree["gd_per_example"] * mask)
+        out[f"gc/{name}"] = jnp.sum(agree["gc_per_example"] * mask)
+      if local_linearity:
+        key = jax.random.fold_in(base_key, batch_index)
+        gamma = diagnostics.local_linearity(student, x, y, key, eps=eps,
+                                            steps=local_linearity_steps)
+        out["local_linearity"] = jnp.sum(gamma * mask)
+      return out
+
+  return diag_step
+
+
 def eval_attack(name: str, *, steps: int, step_size: float | None = None,
                 loss: str = "ce", init: str = "uniform", restarts: int = 1,
                 norm: str = "linf", step_fraction: float | None = None):

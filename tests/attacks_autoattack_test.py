@@ -122,8 +122,13 @@ def test_cascade_bookkeeping_with_scripted_stages(monkeypatch):
   np.testing.assert_array_equal(res.y_adv[broken | (np.arange(n) < 4)], 1)
   # Square lowered accuracy by 1/64 > 0.2 pp below the white-box stages.
   assert any("Square" in w for w in res.warnings)
-  assert [e.stage for e in events] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+  # Two events per stage (the stage's chunk, then its result): before, then after.
+  assert [e.stage for e in events] == [s for s in script for _ in range(2)]
   assert events[0].n_stages == 4 and events[-1].stage_index == 3
+  np.testing.assert_allclose([e.robust_accuracy for e in events[1::2]],
+                             list(res.stage_accuracy.values()))
+  np.testing.assert_allclose([e.robust_accuracy for e in events[0::2]],
+                             [60 / 64] + list(res.stage_accuracy.values())[:-1])
 
 
 def test_stops_when_nothing_is_robust(monkeypatch):

@@ -119,7 +119,9 @@ def version_config(version: str, *, norm: str = "Linf", eps: float = 8 / 255,
 @dataclasses.dataclass(frozen=True)
 class ProgressEvent:
   """Reported after every chunk: ``done``/``total`` are point-rounds of the stage
-  (``total`` is re-estimated as points drop out)."""
+  (``total`` is re-estimated as points drop out); ``robust_accuracy`` is the
+  accuracy before the stage, except in the stage's last event (sent once the
+  stage's points are re-checked), which carries the accuracy after it."""
   stage: str
   stage_index: int
   n_stages: int
@@ -351,8 +353,10 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
     if progress is not None and progress is not False:
       sink = _tqdm_progress() if progress is True else progress
       cur_acc = float(robust.mean())
+      last = [0, 0]
 
-      def cb(done, total, _name=name, _si=si, _sink=sink, _acc=cur_acc):
+      def cb(done, total, _name=name, _si=si, _sink=sink, _acc=cur_acc, _last=last):
+        _last[:] = [int(done), int(total)]
         _sink(ProgressEvent(_name, _si, n_stages, int(done), int(total), _acc))
     skey = derive_key(key, si)
     xa_stage, zero = _run_stage(name, fn, x, y, robust, skey, cfg, norm_l,
@@ -369,6 +373,8 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
     y_adv[idx[broken]] = pred[broken]
     robust[idx[broken]] = False
     acc[name] = float(robust.mean())
+    if cb is not None:  # the stage's bar ends on its own result
+      sink(ProgressEvent(name, si, n_stages, last[0], max(last), acc[name]))
     timings[name] = time.perf_counter() - t0
     logger.info("robust accuracy after %s: %.2f%% (%.1f s)", name.upper(),
                 100 * acc[name], timings[name])
