@@ -451,6 +451,22 @@ def test_darht_weighting_by_hand():
   np.testing.assert_allclose(float(kd), float(np.sum(w_np * kl_np)), rtol=1e-5)
 
 
+def test_darht_mse_option_is_torch_mse_loss():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(4)
+  slots = rng.normal(size=(B, 2, C)).astype(np.float32)
+  ts = [rng.normal(size=(B, C)).astype(np.float32) * (i + 2) for i in range(2)]
+  y = np.arange(B) % C
+  kd, w, mses = darht.darht_kd_loss(slots, ts, y, kd_loss="mse")
+  # The released code: nn.MSELoss()(std_knowledge.view(-1, K, C)[:, i, :], tch_output).
+  ref = [float(torch.nn.MSELoss()(torch.from_numpy(slots[:, i]), torch.from_numpy(t)))
+         for i, t in enumerate(ts)]
+  np.testing.assert_allclose(np.asarray(mses), ref, rtol=1e-5)
+  np.testing.assert_allclose(float(kd), float(np.sum(np.asarray(w) * np.asarray(ref))), rtol=1e-5)
+  with pytest.raises(ValueError, match="kl, mse"):
+    darht.DARHT(kd_loss="l1")
+
+
 @pytest.mark.parametrize("epoch,ce_on,kd_on", [(1, 1, 0), (50, 1, 0), (51, 1, 1),
                                                 (118, 1, 1), (119, 0, 1)])
 def test_darht_curriculum(epoch, ce_on, kd_on):

@@ -137,6 +137,25 @@ def test_vit_forward():
     m.apply(v, _images(size=32), train=False)
 
 
+def test_vit_resize_inputs_is_torch_bilinear_resize():
+  torch = pytest.importorskip("torch")
+  x = _images(size=8)
+  m = vit_lib.ViT(num_classes=5, width=32, depth=1, num_heads=4, patch_size=8, image_size=24,
+                  resize_inputs=True)
+  v = _random_variables(m, 24)
+  # What the model sees after resizing: the patch embedding of torch's resize equals ours.
+  ref = torch.nn.functional.interpolate(torch.from_numpy(np.array(x)).permute(0, 3, 1, 2),
+                                        size=(24, 24), mode="bilinear", align_corners=False)
+  ref = jnp.asarray(ref.permute(0, 2, 3, 1).numpy())
+  plain = vit_lib.ViT(num_classes=5, width=32, depth=1, num_heads=4, patch_size=8,
+                      image_size=24)
+  # Tolerance: float32 interpolation weights, then a 1-block ViT.
+  np.testing.assert_allclose(np.asarray(m.apply(v, x, train=False)),
+                             np.asarray(plain.apply(v, ref, train=False)), atol=1e-5)
+  with pytest.raises(ValueError, match="resize_inputs"):
+    plain.apply(v, x, train=False)
+
+
 def test_normalisation_is_inside_the_model():
   kw = {"depth": 10, "width": 1}
   plain = models.get("wrn", num_classes=3, **kw)

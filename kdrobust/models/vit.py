@@ -7,6 +7,10 @@ patch plus the class token), ``depth`` blocks of
 LayerNorm, and the class token goes to the shared classifier head. Defaults
 are for CIFAR (``image_size=32``, ``patch_size=4``: 64 tokens + class token).
 
+``resize_inputs=True`` resizes inputs of any size to ``image_size`` (bilinear,
+half-pixel centres: torchvision's ``Resize`` on tensors, which DARHT applies
+to 32x32 CIFAR images before its 224x224 ViT teachers) before normalising.
+
 No BatchNorm, so ``mutable=['batch_stats']`` returns an empty collection.
 Dropout (``dropout_rate``) defaults to 0; with a positive rate, training calls
 need a ``'dropout'`` RNG.
@@ -17,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from kdrobust.models import register
@@ -66,13 +71,17 @@ class ViT(nn.Module):
   std: Sequence[float] | None = None
   dtype: Any = "float32"
   head_slots: int = 0
+  resize_inputs: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     dt = compute_dtype(self.dtype)
+    if self.resize_inputs and (x.shape[1], x.shape[2]) != (self.image_size,) * 2:
+      x = jax.image.resize(x, (x.shape[0], self.image_size, self.image_size, x.shape[3]),
+                           method="bilinear")
     if x.shape[1] != self.image_size or x.shape[2] != self.image_size:
       raise ValueError(f"ViT built for {self.image_size}x{self.image_size} inputs, "
-                       f"got {x.shape[1]}x{x.shape[2]}.")
+                       f"got {x.shape[1]}x{x.shape[2]} (resize_inputs=True resizes them).")
     if self.image_size % self.patch_size:
       raise ValueError("image_size must be a multiple of patch_size.")
     x = Normalize(self.mean, self.std, dt)(x)
@@ -108,7 +117,7 @@ def _make(size: str):
                num_heads=heads, **kw)
 
   ctor.__doc__ = (f"ViT-{size.upper()} (width {width}, depth {depth}, {heads} heads); "
-                  "kwargs ``patch_size``, ``image_size``.")
+                  "kwargs ``patch_size``, ``image_size``, ``resize_inputs``.")
   return ctor
 
 
