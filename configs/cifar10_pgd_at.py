@@ -18,25 +18,21 @@ Inputs are raw [0,1] pixels (no mean/std), as in the official codes.
 Target (IGDM Tab. 3, ResNet-18): clean 84.52, PGD-20 42.80, AA 41.12.
 """
 
+from __future__ import annotations
+
+import os
+import sys
+
 from kdrobust import config_lib
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+  sys.path.insert(0, _HERE)
+import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, arch="resnet18", epochs=110)
-  c = config_lib.base_config()
-  c.num_epochs = a.epochs
-  c.data.name = "cifar10"
-  c.data.batch_size = 128
-  c.data.eval_batch_size = 400  # divides 10,000 and any 1, 2, 4, 8 or 16 devices
-  c.model.name = a.arch
-  c.model.normalize = False
-  c.method = config_lib.method_config(
-      "pgd_at", attack=dict(eps=8 / 255, step_size=2 / 255, steps=10, init="uniform"))
-  c.optim.lr = 0.1
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = "piecewise"
-  c.optim.decay_epochs = (100, 105)
-  c.eval.eps = 8 / 255
-  c.eval.every_epochs = 5
-  c.log_every_steps = 100
-  return c
+  r = dict(ps.recipe("pgd_at", "plain_madry"), epochs=a.epochs)
+  return ps.cifar_config("cifar10", a.arch, r,
+                         config_lib.method_config("pgd_at", attack=r["attack"]))

@@ -94,6 +94,8 @@ The AdaAD-paper rows are the paper's own protocol (quoted in IGDM Tab. 7);
 methods.md 10.2: whether its tables used PGD-20 and C&W-inf is UNCONFIRMED.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -110,52 +112,28 @@ RADII = (8, 16)
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, method="adaad", dataset="cifar10", student="resnet18",
-                           teacher="ltd", igdm=False, igdm_alpha=0.0, radius=8,
-                           teacher_path="")
-  ps.choice("method", a.method, METHODS)
-  ps.choice("dataset", a.dataset, ps.DATASETS)
-  ps.choice("student", a.student, ps.STUDENTS)
-  ps.choice("radius", a.radius, RADII)
+  a = ps.parse_arg(arg, {"method": METHODS, "radius": RADII}, method="adaad",
+                   dataset="cifar10", student="resnet18", teacher="ltd", igdm=False,
+                   igdm_alpha=0.0, radius=8, teacher_path="")
   t = ps.adversarial_teacher(a.dataset, a.teacher)
   r = ps.recipe("adaad", "official")
   attack = dict(r["attack"], eps=a.radius / 255, step_size=a.radius / 4 / 255)
-  c = config_lib.base_config()
-  c.num_epochs = r["epochs"]
-  c.data.name = a.dataset
-  c.data.batch_size = r["batch_size"][a.dataset]
-  c.data.eval_batch_size = 400
-  c.model.name = a.student
-  c.model.normalize = False
-  alpha = 0.0
-  if a.igdm:
-    alpha_teacher = "ltd" if a.teacher == "ltd2" else a.teacher  # no ltd2 column
-    alpha = a.igdm_alpha or ps.igdm_alpha(a.student, a.dataset, alpha_teacher, a.method)
   if a.method == "adaad":
     hparams = {"alpha": 1.0,
                "reduction": "elemmean" if a.dataset == "cifar10" else "batchmean"}
   else:
     hparams = {"alpha": 1.0, "temperature": 30.0, "beta": 0.1, "begin": 60,
                "reduction": "batchmean"}
-  c.method = config_lib.method_config(a.method, igdm_alpha=alpha, attack=attack, **hparams)
-  c.teachers = {"teacher": config_lib.teacher_config(
-      a.teacher_path or t["file"], model=t["arch"], num_classes=t["num_classes"],
-      **t["kwargs"])}
-  c.optim.lr = 0.1
-  c.optim.weight_decay = r["weight_decay"]
-  c.optim.schedule = "piecewise"
-  c.optim.decay_epochs = r["decay_epochs"]
-  c.eval.eps = 8 / 255
-  c.eval.every_epochs = 5
-  c.log_every_steps = 100
-  return c
+  alpha_teacher = "ltd" if a.teacher == "ltd2" else a.teacher  # no ltd2 column
+  method = config_lib.method_config(
+      a.method, igdm_alpha=ps.igdm_weight(a, a.method, alpha_teacher), attack=attack,
+      **hparams)
+  return ps.one_teacher_config(a, r, method, t)
 
 
 def arg_combinations():
   """Every setting this file documents (the tests build each one)."""
-  out = []
-  for m, d, s, g in ps.settings(METHODS, ps.DATASETS, ps.STUDENTS, (False, True)):
-    for t in TEACHERS[d]:
-      out.append(f"method={m},dataset={d},student={s},teacher={t},igdm={int(g)}")
-  out.append("teacher=ltd2,radius=16")
-  return out
+  out = [s for d in ps.DATASETS
+         for s in ps.arg_strings(method=METHODS, dataset=(d,), student=ps.STUDENTS,
+                                 teacher=TEACHERS[d], igdm=(False, True))]
+  return out + ["teacher=ltd2,radius=16"]

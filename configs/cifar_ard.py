@@ -65,6 +65,8 @@ No published numbers for the IKL-AT teacher, BDM-AT with ResNet-18 on
 CIFAR-10, or the official protocol (methods.md has no ARD paper table).
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -75,8 +77,6 @@ if _HERE not in sys.path:
   sys.path.insert(0, _HERE)
 import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-PROTOCOLS = ("igdm", "official")
-TEACHERS = ("ltd", "bdm", "ikl")  # IGDM's tables; any adversarial teacher is accepted
 # protocol -> ARD loss hyperparameters (teacher on the clean input in both).
 LOSS = {
     "igdm": {"temperature": 1.0, "alpha": 1.0, "reduction": "batchmean",
@@ -87,40 +87,14 @@ LOSS = {
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, protocol="igdm", dataset="cifar10", student="resnet18",
-                           teacher="ltd", igdm=False, igdm_alpha=0.0, teacher_path="")
-  ps.choice("protocol", a.protocol, PROTOCOLS)
-  ps.choice("dataset", a.dataset, ps.DATASETS)
-  ps.choice("student", a.student, ps.STUDENTS)
+  a = ps.protocol_arg(arg)  # the Args above
   t = ps.adversarial_teacher(a.dataset, a.teacher)
   r = ps.recipe("ard", a.protocol)
-  c = config_lib.base_config()
-  c.num_epochs = r["epochs"]
-  c.data.name = a.dataset
-  c.data.batch_size = r["batch_size"][a.dataset]
-  c.data.eval_batch_size = 400
-  c.model.name = a.student
-  c.model.normalize = False
-  alpha = 0.0
-  if a.igdm:
-    alpha = a.igdm_alpha or ps.igdm_alpha(a.student, a.dataset, a.teacher, "ard")
-  c.method = config_lib.method_config("ard", igdm_alpha=alpha, attack=r["attack"],
-                                      **LOSS[a.protocol])
-  c.teachers = {"teacher": config_lib.teacher_config(
-      a.teacher_path or t["file"], model=t["arch"], num_classes=t["num_classes"],
-      **t["kwargs"])}
-  c.optim.lr = 0.1
-  c.optim.weight_decay = r["weight_decay"]
-  c.optim.schedule = "piecewise"
-  c.optim.decay_epochs = r["decay_epochs"]
-  c.eval.eps = 8 / 255
-  c.eval.every_epochs = 5
-  c.log_every_steps = 100
-  return c
+  method = config_lib.method_config("ard", igdm_alpha=ps.igdm_weight(a, "ard"),
+                                    attack=r["attack"], **LOSS[a.protocol])
+  return ps.one_teacher_config(a, r, method, t)
 
 
 def arg_combinations():
   """Every setting this file documents (the tests build each one)."""
-  return [f"protocol={p},dataset={d},student={s},teacher={t},igdm={int(g)}"
-          for p, d, s, t, g in ps.settings(PROTOCOLS, ps.DATASETS, ps.STUDENTS, TEACHERS,
-                                           (False, True))]
+  return ps.protocol_arg_strings()

@@ -26,9 +26,12 @@ keep that order, because ``config.teachers`` iterates in sorted order):
   ViT-B) and supply each as ``<vit_dir>/vit_b16_fat_k10_tau0``,
   ``<vit_dir>/vit_b16_fat_tau1``, ``<vit_dir>/vit_b32_fat_tau0``: a kdrobust run
   or converted directory whose model maps 32x32 [0, 1] CIFAR images to logits
-  (resizing to 224 and normalising inside). kdrobust cannot build that today:
-  its ``vit_b`` has no input-resize option and the torch converter has no timm
-  ViT layout (reported to the model zoo); until then use ``teachers=public``
+  (resizing to 224 and normalising inside). kdrobust's ViT does that with
+  ``model.kwargs = {"patch_size": 16, "image_size": 224, "resize_inputs": True,
+  "mean": CIFAR-100 mean, "std": CIFAR-100 std}`` (bilinear resize, tested
+  against torch's), so such a teacher can be trained with kdrobust; but the
+  torch converter has no timm/ViT-pytorch layout yet, so the paper's own
+  PyTorch ViT checkpoints cannot be loaded. Until then use ``teachers=public``
   or a ``+`` list.
   Any teacher file can be replaced with ``--config.teachers.<name>.path=...``
   (e.g. ``--config.teachers.t0_gowal70.path=DIR``).
@@ -47,8 +50,10 @@ eps 0.031, step 0.003, 10 steps, x + 0.001 N(0, I) start). Loss by epoch e
 (0-indexed): e < 50 CE; 50 <= e < 118 CE + KD; e >= 118 KD, with
 KD = sum_k w_k KL_batchmean(p_{t_k}(x~) || softmax(z_k(x~))),
 w_k = exp(-meanCE(t_k(x~), y)) (unnormalised, every batch); batches with
-CE > 8 are skipped. Not implemented: the MSE option, MC dropout (not in the
-released code; UNCONFIRMED role). Evaluation while training: PGD-20 at 8/255
+CE > 8 are skipped. ``--config.method.kd_loss=mse`` is the code's MSE option
+(PyTorch ``MSELoss()`` on the logits). MC dropout: CHOICE, not implemented,
+because it is not in the released code and its role is UNCONFIRMED
+(methods.md 7); nothing here guesses it. Evaluation while training: PGD-20 at 8/255
 on the full test set every 5 epochs (the code: 1000 random test images at
 eps 0.031, best checkpoint by PGD-20 there).
 
@@ -57,6 +62,8 @@ accuracy" (methods.md 7.5: +3.66 pp Auto-PGD, +4.76 pp Square on CIFAR-100,
 +3.26 / +5.23 pp on CIFAR-10 over competing distillation methods); no
 absolute number could be confirmed.
 """
+
+from __future__ import annotations
 
 import os
 import sys
@@ -90,46 +97,26 @@ def _teacher_keys(dataset: str, spec: str) -> list[str]:
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, dataset="cifar100", student="resnet18", teachers="paper",
-                           vit_dir="teachers/cifar100/darht")
-  ps.choice("dataset", a.dataset, ps.DATASETS)
-  ps.choice("student", a.student, ps.STUDENTS)
+  a = ps.parse_arg(arg, dataset="cifar100", student="resnet18", teachers="paper",
+                   vit_dir="teachers/cifar100/darht")
   keys = _teacher_keys(a.dataset, a.teachers)
   r = ps.recipe("darht", "official")
-  c = config_lib.base_config()
-  c.num_epochs = r["epochs"]
-  c.data.name = a.dataset
-  c.data.batch_size = r["batch_size"][a.dataset]
-  c.data.eval_batch_size = 400
-  c.model.name = a.student
-  c.model.normalize = False
-  c.model.kwargs = {"head_slots": len(keys)}
-  c.method = config_lib.method_config(
+  method = config_lib.method_config(
       "darht", p_adv=0.5, kd_start_epoch=50, ce_stop_epoch=118, ce_skip_threshold=8.0,
       attack=r["attack"])
-  teachers = {}
+  teachers = {}  # slot k = teacher k: the names ``t<k>_<key>`` sort in slot order
   for k, key in enumerate(keys):
     if key in ps.DARHT_VITS:  # user-supplied (no public checkpoint)
-      entry = config_lib.teacher_config(os.path.join(a.vit_dir, key))
+      teachers[f"t{k}_{key}"] = config_lib.teacher_config(os.path.join(a.vit_dir, key))
     else:
-      t = ps.teacher(a.dataset, key)
-      entry = config_lib.teacher_config(t["file"], model=t["arch"],
-                                        num_classes=t["num_classes"], **t["kwargs"])
-    teachers[f"t{k}_{key}"] = entry
-  c.teachers = teachers
-  c.optim.lr = 0.1
-  c.optim.weight_decay = r["weight_decay"]
-  c.optim.schedule = "piecewise"
-  c.optim.decay_epochs = r["decay_epochs"]
-  c.eval.eps = 8 / 255
-  c.eval.every_epochs = 5
-  c.log_every_steps = 100
-  return c
+      teachers[f"t{k}_{key}"] = ps.teacher_entry(ps.teacher(a.dataset, key))
+  return ps.cifar_config(a.dataset, a.student, r, method, teachers=teachers,
+                         model_kwargs={"head_slots": len(keys)})
 
 
 def arg_combinations():
   """Every setting this file documents (the tests build each one)."""
-  out = [f"dataset=cifar100,student={s},teachers={t}"
-         for s, t in ps.settings(ps.STUDENTS, ("paper", "public"))]
-  out += [f"dataset=cifar10,student={s},teachers=public" for s in ps.STUDENTS]
+  out = ps.arg_strings(dataset=("cifar100",), student=ps.STUDENTS,
+                       teachers=("paper", "public"))
+  out += ps.arg_strings(dataset=("cifar10",), student=ps.STUDENTS, teachers=("public",))
   return out + ["dataset=cifar10,teachers=trades+ltd+bdm"]

@@ -62,6 +62,8 @@ No published numbers for the IKL-AT teacher, BDM-AT with ResNet-18 on
 CIFAR-10, or the official protocol.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -72,46 +74,17 @@ if _HERE not in sys.path:
   sys.path.insert(0, _HERE)
 import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-PROTOCOLS = ("igdm", "official")
-TEACHERS = ("ltd", "bdm", "ikl")  # IGDM's tables; any adversarial teacher is accepted
-
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, protocol="igdm", dataset="cifar10", student="resnet18",
-                           teacher="ltd", igdm=False, igdm_alpha=0.0, teacher_path="")
-  ps.choice("protocol", a.protocol, PROTOCOLS)
-  ps.choice("dataset", a.dataset, ps.DATASETS)
-  ps.choice("student", a.student, ps.STUDENTS)
+  a = ps.protocol_arg(arg)  # the Args above
   t = ps.adversarial_teacher(a.dataset, a.teacher)
   r = ps.recipe("iad", a.protocol)
-  c = config_lib.base_config()
-  c.num_epochs = r["epochs"]
-  c.data.name = a.dataset
-  c.data.batch_size = r["batch_size"][a.dataset]
-  c.data.eval_batch_size = 400
-  c.model.name = a.student
-  c.model.normalize = False
-  alpha = 0.0
-  if a.igdm:
-    alpha = a.igdm_alpha or ps.igdm_alpha(a.student, a.dataset, a.teacher, "iad")
-  c.method = config_lib.method_config(
-      "iad", igdm_alpha=alpha, alpha=1.0, temperature=1.0, beta=0.1, begin=60,
-      reduction="batchmean", attack=r["attack"])
-  c.teachers = {"teacher": config_lib.teacher_config(
-      a.teacher_path or t["file"], model=t["arch"], num_classes=t["num_classes"],
-      **t["kwargs"])}
-  c.optim.lr = 0.1
-  c.optim.weight_decay = r["weight_decay"]
-  c.optim.schedule = "piecewise"
-  c.optim.decay_epochs = r["decay_epochs"]
-  c.eval.eps = 8 / 255
-  c.eval.every_epochs = 5
-  c.log_every_steps = 100
-  return c
+  method = config_lib.method_config(
+      "iad", igdm_alpha=ps.igdm_weight(a, "iad"), alpha=1.0, temperature=1.0, beta=0.1,
+      begin=60, reduction="batchmean", attack=r["attack"])
+  return ps.one_teacher_config(a, r, method, t)
 
 
 def arg_combinations():
   """Every setting this file documents (the tests build each one)."""
-  return [f"protocol={p},dataset={d},student={s},teacher={t},igdm={int(g)}"
-          for p, d, s, t, g in ps.settings(PROTOCOLS, ps.DATASETS, ps.STUDENTS, TEACHERS,
-                                           (False, True))]
+  return ps.protocol_arg_strings()

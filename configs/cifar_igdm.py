@@ -74,6 +74,8 @@ LTD column for the same teacher-free run.) No published PGD-AT/TRADES + IGDM
 numbers with the IKL-AT teacher, nor with BDM-AT for ResNet-18 on CIFAR-10.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -85,45 +87,25 @@ if _HERE not in sys.path:
 import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 BASES = ("pgd_at", "trades")
-TEACHERS = ("ltd", "bdm", "ikl")
+TEACHERS = ps.IGDM_TEACHERS  # only these (no IGDM alpha for the others)
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, base="pgd_at", dataset="cifar10", student="resnet18",
-                           teacher="ltd", igdm=True, igdm_alpha=0.0, teacher_path="")
-  ps.choice("base", a.base, BASES)
-  ps.choice("dataset", a.dataset, ps.DATASETS)
-  ps.choice("student", a.student, ps.STUDENTS)
-  ps.choice("teacher", a.teacher, TEACHERS)
+  a = ps.parse_arg(arg, {"base": BASES, "teacher": TEACHERS}, base="pgd_at",
+                   dataset="cifar10", student="resnet18", teacher="ltd", igdm=True,
+                   igdm_alpha=0.0, teacher_path="")
   r = ps.recipe(a.base, "igdm")
-  c = config_lib.base_config()
-  c.num_epochs = r["epochs"]
-  c.data.name = a.dataset
-  c.data.batch_size = r["batch_size"][a.dataset]
-  c.data.eval_batch_size = 400
-  c.model.name = a.student
-  c.model.normalize = False
-  alpha = 0.0
+  teachers = None  # PGD-AT and TRADES use a teacher only through the IGDM term
   if a.igdm:
-    alpha = a.igdm_alpha or ps.igdm_alpha(a.student, a.dataset, a.teacher, a.base)
-    t = ps.teacher(a.dataset, a.teacher)
-    c.teachers = {"teacher": config_lib.teacher_config(
-        a.teacher_path or t["file"], model=t["arch"], num_classes=t["num_classes"],
-        **t["kwargs"])}
+    teachers = {"teacher": ps.teacher_entry(ps.teacher(a.dataset, a.teacher),
+                                            a.teacher_path)}
   hparams = {"beta": 6.0} if a.base == "trades" else {}
-  c.method = config_lib.method_config(a.base, igdm_alpha=alpha, attack=r["attack"], **hparams)
-  c.optim.lr = 0.1
-  c.optim.weight_decay = r["weight_decay"]
-  c.optim.schedule = "piecewise"
-  c.optim.decay_epochs = r["decay_epochs"]
-  c.eval.eps = 8 / 255
-  c.eval.every_epochs = 5
-  c.log_every_steps = 100
-  return c
+  method = config_lib.method_config(a.base, igdm_alpha=ps.igdm_weight(a, a.base),
+                                    attack=r["attack"], **hparams)
+  return ps.cifar_config(a.dataset, a.student, r, method, teachers=teachers)
 
 
 def arg_combinations():
   """Every setting this file documents (the tests build each one)."""
-  return [f"base={b},dataset={d},student={s},teacher={t},igdm={int(g)}"
-          for b, d, s, t, g in ps.settings(BASES, ps.DATASETS, ps.STUDENTS, TEACHERS,
-                                           (True, False))]
+  return ps.arg_strings(base=BASES, dataset=ps.DATASETS, student=ps.STUDENTS,
+                        teacher=TEACHERS, igdm=(True, False))

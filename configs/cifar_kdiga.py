@@ -40,6 +40,8 @@ Targets: none. All KDIGA numbers are UNCONFIRMED (methods.md 4.3, 9.5: the
 paper body was not readable).
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -55,38 +57,17 @@ DEFAULT_TEACHER = {"cifar10": "trades", "cifar100": "ltd"}
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, variant="kdiga", dataset="cifar10", student="mobilenet_v2",
-                           teacher="", teacher_path="")
-  ps.choice("variant", a.variant, VARIANTS)
-  ps.choice("dataset", a.dataset, ps.DATASETS)
-  ps.choice("student", a.student, ps.STUDENTS)
+  a = ps.parse_arg(arg, {"variant": VARIANTS}, variant="kdiga", dataset="cifar10",
+                   student="mobilenet_v2", teacher="", teacher_path="")
   t = ps.adversarial_teacher(a.dataset, a.teacher or DEFAULT_TEACHER[a.dataset])
   r = ps.recipe(a.variant, "official")
-  c = config_lib.base_config()
-  c.num_epochs = r["epochs"]
-  c.data.name = a.dataset
-  c.data.batch_size = r["batch_size"][a.dataset]
-  c.data.eval_batch_size = 400
-  c.model.name = a.student
-  c.model.normalize = False
   hparams = {"alpha": 0.5, "temperature": 1.0, "gamma": 0.5, "reduction": "elemmean"}
   if r["attack"]:
     hparams["attack"] = r["attack"]
-  c.method = config_lib.method_config(a.variant, **hparams)
-  c.teachers = {"teacher": config_lib.teacher_config(
-      a.teacher_path or t["file"], model=t["arch"], num_classes=t["num_classes"],
-      **t["kwargs"])}
-  c.optim.lr = 0.1
-  c.optim.weight_decay = r["weight_decay"]
-  c.optim.schedule = "piecewise"
-  c.optim.decay_epochs = r["decay_epochs"]
-  c.eval.eps = 8 / 255
-  c.eval.every_epochs = 5
-  c.log_every_steps = 100
-  return c
+  method = config_lib.method_config(a.variant, **hparams)
+  return ps.one_teacher_config(a, r, method, t)
 
 
 def arg_combinations():
   """Every setting this file documents (the tests build each one)."""
-  return [f"variant={v},dataset={d},student={s}"
-          for v, d, s in ps.settings(VARIANTS, ps.DATASETS, ps.STUDENTS)]
+  return ps.arg_strings(variant=VARIANTS, dataset=ps.DATASETS, student=ps.STUDENTS)

@@ -52,6 +52,8 @@ was not readable); compare with RSLAD (configs/cifar_rslad.py
 ``protocol=official``), which uses the same adversarial teachers.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -67,51 +69,28 @@ NATURAL = {"cifar10": ("wrn34_10", "standard"), "cifar100": ("wrn34_10",)}
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, dataset="cifar10", student="resnet18", teacher="",
-                           natural="wrn34_10", teacher_path="", natural_path="")
-  ps.choice("dataset", a.dataset, ps.DATASETS)
-  ps.choice("student", a.student, ps.STUDENTS)
+  a = ps.parse_arg(arg, dataset="cifar10", student="resnet18", teacher="",
+                   natural="wrn34_10", teacher_path="", natural_path="")
   ps.choice(f"natural teacher for {a.dataset}", a.natural, NATURAL[a.dataset])
   t = ps.adversarial_teacher(a.dataset, a.teacher or ADV_TEACHER[a.dataset])
   r = ps.recipe("mtard", "official")
-  c = config_lib.base_config()
-  c.num_epochs = r["epochs"]
-  c.data.name = a.dataset
-  c.data.batch_size = r["batch_size"][a.dataset]
-  c.data.eval_batch_size = 400
-  c.model.name = a.student
-  c.model.normalize = False
-  c.method = config_lib.method_config(
+  method = config_lib.method_config(
       "mtard", reduction="batchmean", scale=0.1, weight_lr=0.025,
       weight_lr_decay_epochs=r["decay_epochs"], weight_lr_decay_factor=0.1, b=1.0,
       attack=r["attack"])
   if a.natural == "standard":
-    n = ps.teacher(a.dataset, "standard")
-    natural = config_lib.teacher_config(a.natural_path or n["file"], model=n["arch"],
-                                        num_classes=n["num_classes"], **n["kwargs"])
+    natural = ps.teacher_entry(ps.teacher(a.dataset, "standard"), a.natural_path)
   else:  # a kdrobust run of configs/cifar_natural.py (or a converted directory)
     # ``latest``: a natural run's "best" checkpoint (by PGD-20) is meaningless.
     natural = config_lib.teacher_config(
         a.natural_path or f"runs/{a.dataset}_natural_{a.natural}", which="latest")
   # ConfigDict iterates keys in sorted order: "adversarial" < "natural" keeps
   # MTARD's order (teacher 0 = T_adv, teacher 1 = T_nat).
-  c.teachers = {
-      "adversarial": config_lib.teacher_config(
-          a.teacher_path or t["file"], model=t["arch"], num_classes=t["num_classes"],
-          **t["kwargs"]),
-      "natural": natural,
-  }
-  c.optim.lr = 0.1
-  c.optim.weight_decay = r["weight_decay"]
-  c.optim.schedule = "piecewise"
-  c.optim.decay_epochs = r["decay_epochs"]
-  c.eval.eps = 8 / 255
-  c.eval.every_epochs = 5
-  c.log_every_steps = 100
-  return c
+  teachers = {"adversarial": ps.teacher_entry(t, a.teacher_path), "natural": natural}
+  return ps.cifar_config(a.dataset, a.student, r, method, teachers=teachers)
 
 
 def arg_combinations():
   """Every setting this file documents (the tests build each one)."""
-  return [f"dataset={d},student={s},natural={n}"
-          for d, s in ps.settings(ps.DATASETS, ps.STUDENTS) for n in NATURAL[d]]
+  return [s for d in ps.DATASETS
+          for s in ps.arg_strings(dataset=(d,), student=ps.STUDENTS, natural=NATURAL[d])]

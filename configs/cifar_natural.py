@@ -19,6 +19,8 @@ No target numbers (a WRN-34-10 typically reaches about 95% clean accuracy on
 CIFAR-10 and about 78% on CIFAR-100; literature values, not a paper's).
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -31,27 +33,11 @@ import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,w
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, dataset="cifar10", arch="wrn34_10")
-  ps.choice("dataset", a.dataset, ps.DATASETS)
-  r = ps.recipe("natural", "kdrobust")
-  c = config_lib.base_config()
-  c.num_epochs = r["epochs"]
-  c.data.name = a.dataset
-  c.data.batch_size = r["batch_size"][a.dataset]
-  c.data.eval_batch_size = 400
-  c.model.name = a.arch
-  c.model.normalize = False
-  c.method = config_lib.method_config("natural")
-  c.optim.lr = 0.1
-  c.optim.weight_decay = r["weight_decay"]
-  c.optim.schedule = "piecewise"
-  c.optim.decay_epochs = r["decay_epochs"]
-  c.eval.eps = 8 / 255
-  c.eval.every_epochs = 5
-  c.log_every_steps = 100
-  return c
+  a = ps.parse_arg(arg, dataset="cifar10", arch="wrn34_10")
+  return ps.cifar_config(a.dataset, a.arch, ps.recipe("natural", "kdrobust"),
+                         config_lib.method_config("natural"))
 
 
 def arg_combinations():
   """Every setting this file documents (the tests build each one)."""
-  return [f"dataset={d}" for d in ps.DATASETS]
+  return ps.arg_strings(dataset=ps.DATASETS)

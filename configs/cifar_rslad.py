@@ -67,6 +67,8 @@ AA, ``-`` = not reported):
     cifar100  mobilenet_v2  bdm   rslad+IGDM    61.48 / - / 35.22 / - / 29.32          IGDM Tab.10
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -77,51 +79,21 @@ if _HERE not in sys.path:
   sys.path.insert(0, _HERE)
 import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-PROTOCOLS = ("igdm", "official")
-IGDM_TEACHERS = ("ltd", "bdm", "ikl")
 OFFICIAL_TEACHER = {"cifar10": "trades", "cifar100": "gowal70"}  # RSLAD's README
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, protocol="igdm", dataset="cifar10", student="resnet18",
-                           teacher="", igdm=False, igdm_alpha=0.0, teacher_path="")
-  ps.choice("protocol", a.protocol, PROTOCOLS)
-  ps.choice("dataset", a.dataset, ps.DATASETS)
-  ps.choice("student", a.student, ps.STUDENTS)
+  a = ps.protocol_arg(arg, teacher="")  # teacher="": the protocol's own
   key = a.teacher or ("ltd" if a.protocol == "igdm" else OFFICIAL_TEACHER[a.dataset])
   t = ps.adversarial_teacher(a.dataset, key)
   r = ps.recipe("rslad", a.protocol)
-  c = config_lib.base_config()
-  c.num_epochs = r["epochs"]
-  c.data.name = a.dataset
-  c.data.batch_size = r["batch_size"][a.dataset]
-  c.data.eval_batch_size = 400
-  c.model.name = a.student
-  c.model.normalize = False
-  alpha = 0.0
-  if a.igdm:
-    alpha = a.igdm_alpha or ps.igdm_alpha(a.student, a.dataset, key, "rslad")
-  c.method = config_lib.method_config(
-      "rslad", igdm_alpha=alpha, adv_weight=5 / 6, clean_weight=1 / 6,
-      reduction="batchmean", scale=0.1, attack=r["attack"])
-  c.teachers = {"teacher": config_lib.teacher_config(
-      a.teacher_path or t["file"], model=t["arch"], num_classes=t["num_classes"],
-      **t["kwargs"])}
-  c.optim.lr = 0.1
-  c.optim.weight_decay = r["weight_decay"]
-  c.optim.schedule = "piecewise"
-  c.optim.decay_epochs = r["decay_epochs"]
-  c.eval.eps = 8 / 255
-  c.eval.every_epochs = 5
-  c.log_every_steps = 100
-  return c
+  method = config_lib.method_config(
+      "rslad", igdm_alpha=ps.igdm_weight(a, "rslad", key), adv_weight=5 / 6,
+      clean_weight=1 / 6, reduction="batchmean", scale=0.1, attack=r["attack"])
+  return ps.one_teacher_config(a, r, method, t)
 
 
 def arg_combinations():
   """Every setting this file documents (the tests build each one)."""
-  igdm = [f"protocol=igdm,dataset={d},student={s},teacher={t},igdm={int(g)}"
-          for d, s, t, g in ps.settings(ps.DATASETS, ps.STUDENTS, IGDM_TEACHERS,
-                                        (False, True))]
-  official = [f"protocol=official,dataset={d},student={s}"
-              for d, s in ps.settings(ps.DATASETS, ps.STUDENTS)]
-  return igdm + official
+  official = ps.arg_strings(protocol=("official",), dataset=ps.DATASETS, student=ps.STUDENTS)
+  return ps.protocol_arg_strings(("igdm",)) + official

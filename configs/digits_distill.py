@@ -50,6 +50,8 @@ inputs 0.98-0.99 / 0.79-0.85; DARHT 0.89 / 0.65; KD and KDIGA (clean inputs
 only) 0.98 / 0.42.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -105,23 +107,8 @@ def get_config(arg=None):
                            teacher2="", epochs=10, eps=0.1)
   method, teachers, student, model_kw = method_and_teachers(
       a.method, a.igdm, a.eps, a.epochs, a.teacher, a.teacher2)
-  c = config_lib.base_config()
-  c.seed = 0
-  c.num_epochs = a.epochs
-  c.data.name = "digits"
-  c.data.batch_size = 64
-  c.data.eval_batch_size = 120
-  c.model.name = student
-  c.model.kwargs = model_kw
-  c.method = method
-  c.teachers = teachers
-  c.optim.lr = 0.05
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = "cosine"
-  c.eval.eps = a.eps
-  c.eval.every_epochs = 5
-  c.log_every_steps = 20
-  return c
+  return ps.cpu_config("digits", student, method, epochs=a.epochs, eps=a.eps,
+                       teachers=teachers, model_kwargs=model_kw)
 
 
 def arg_combinations():

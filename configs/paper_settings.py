@@ -1,10 +1,10 @@
-"""The papers' settings as plain data: teachers, IGDM alpha table, recipes, target numbers.
+"""The papers' settings as plain data (teachers, IGDM alphas, recipes, targets); config builders.
 
-Not a config file: the ``configs/cifar_*.py``, ``digits_distill.py`` and
-``subset_distill.py`` configs read it (``import paper_settings``, with this
-directory on ``sys.path``). Every number carries its source; the tags are
-those of ``shared/research/methods.md`` (``[P:IGDM Tab.2]`` = IGDM paper,
-``[C:<repo>]`` = official code, ``RobustBench`` = ``model_info`` JSON).
+Not a config file: every config in ``configs/`` reads it (``import
+paper_settings``, with this directory on ``sys.path``). Every number carries
+its source; the tags are those of ``shared/research/methods.md``
+(``[P:IGDM Tab.2]`` = IGDM paper, ``[C:<repo>]`` = official code,
+``RobustBench`` = ``model_info`` JSON).
 
 * :data:`TEACHERS` ``[dataset][key]``: RobustBench id, architecture in our
   zoo (``kdrobust.models`` name + model kwargs for the PyTorch layout),
@@ -20,12 +20,27 @@ Lookups (:func:`teacher`, :func:`adversarial_teacher`, :func:`igdm_alpha`,
 :func:`recipe`, :func:`choice`) raise a ``ValueError`` listing the valid keys;
 :func:`targets` returns the published numbers of a setting (often none).
 :data:`SHORT_RUN` holds the CPU configs' per-method choices.
+
+Config builders (the code the config files share; each returns plain data):
+:func:`cifar_config` turns a recipe into a full-size CIFAR config (data, model,
+SGD schedule, PGD-20 evaluation), :func:`one_teacher_config` is that with one
+teacher, :func:`cpu_config` does the same for the CPU-sized runs of
+:data:`CPU_DATA`; :func:`parse_arg` reads and checks a config's arguments
+(:func:`protocol_arg`: those of the IGDM-or-official protocol configs),
+:func:`teacher_entry` makes a ``config.teachers`` entry of a teacher record,
+:func:`igdm_weight` picks IGDM's alpha and :func:`arg_strings` spells out a
+file's ``arg_combinations`` (:func:`protocol_arg_strings`: the protocol
+configs').
 """
 
 from __future__ import annotations
 
 import itertools
 from typing import Any, Iterable
+
+import ml_collections as mlc
+
+from kdrobust import config_lib
 
 DATASETS = ("cifar10", "cifar100")
 STUDENTS = ("resnet18", "mobilenet_v2")
@@ -216,6 +231,14 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     # Our choice (no paper gives it): the natural teacher of MTARD.
     ("natural", "kdrobust"): _r(200, (100, 150), 5e-4, 128, None,
                                 "kdrobust choice (standard CIFAR natural training)"),
+    # The plain adversarial-training recipes of configs/cifar10_pgd_at.py and
+    # configs/cifar10_trades.py (not the IGDM re-runs above). TRADES: the
+    # code's schedule; CHOICE (the issue's values): eps 8/255, step 2/255, where
+    # the code uses 0.031 and 0.007.
+    ("pgd_at", "plain_madry"): _r(110, (100, 105), 5e-4, 128, _attack("uniform"),
+                                  "[C:AdaAD Plain_Madry] (methods.md 3.2)"),
+    ("trades", "official"): _r(76, (75, 90, 100), 2e-4, 128, _attack("gaussian"),
+                               "[C:TRADES train_trades_cifar10.py] (methods.md 3.3)"),
 }
 
 # Method hyperparameters of the CPU-sized configs (digits_distill.py,
@@ -432,6 +455,178 @@ def short_run_hparams(method: str, epochs: int) -> dict[str, Any]:
   return out
 
 
-def settings(*axes: Iterable[Any]) -> list[tuple[Any, ...]]:
-  """The product of the given axes (a tiny helper for ``arg_combinations``)."""
-  return list(itertools.product(*axes))
+def arg_strings(**axes: Iterable[Any]) -> list[str]:
+  """``'k1=v1,k2=v2,...'`` for every combination of the axes' values (for ``arg_combinations``).
+
+  The keyword order is the order of the keys in each string; the last axis
+  varies fastest (``itertools.product``). Booleans are written ``0`` / ``1``,
+  as ``config_lib.parse_arg`` reads them.
+  """
+  def fmt(v):
+    return str(int(v)) if isinstance(v, bool) else str(v)
+  names = list(axes)
+  return [",".join(f"{k}={fmt(v)}" for k, v in zip(names, values))
+          for values in itertools.product(*axes.values())]
+
+
+# ----------------------------------------------------------------------------
+# Config builders: the code every config file would otherwise repeat.
+# ----------------------------------------------------------------------------
+
+def parse_arg(arg: str | None, valid: dict[str, Iterable[Any]] | None = None,
+              **defaults: Any) -> mlc.ConfigDict:
+  """``config_lib.parse_arg(arg, **defaults)``, then :func:`choice` checks.
+
+  Checked in this order: each ``valid[name]``, then ``dataset`` against
+  :data:`DATASETS` and ``student`` against :data:`STUDENTS` when they are
+  arguments, so a wrong value fails with the list of valid ones before any
+  lookup.
+  """
+  a = config_lib.parse_arg(arg, **defaults)
+  checks = dict(valid or {})
+  for name, values in (("dataset", DATASETS), ("student", STUDENTS)):
+    if name in defaults:
+      checks.setdefault(name, values)
+  for name, values in checks.items():
+    choice(name, a[name], values)
+  return a
+
+
+# The configs that run a distillation method under IGDM's protocol or its
+# official one, optionally plus IGDM (configs/cifar_ard.py, cifar_iad.py,
+# cifar_rslad.py) share their arguments.
+PROTOCOLS = ("igdm", "official")
+IGDM_TEACHERS = ("ltd", "bdm", "ikl")  # IGDM's tables; any adversarial teacher is accepted
+
+
+def protocol_arg(arg: str | None, teacher: str = "ltd") -> mlc.ConfigDict:
+  """The arguments of a protocol config, checked (:func:`parse_arg`).
+
+  ``protocol=igdm|official``, ``dataset``, ``student``, ``teacher``,
+  ``igdm=0|1``, ``igdm_alpha`` (0: IGDM App. B.2) and ``teacher_path``.
+  Defaults: IGDM protocol, CIFAR-10, ResNet-18, ``teacher`` (empty: the
+  config picks one per protocol), no IGDM.
+  """
+  return parse_arg(arg, {"protocol": PROTOCOLS}, protocol="igdm", dataset="cifar10",
+                   student="resnet18", teacher=teacher, igdm=False, igdm_alpha=0.0,
+                   teacher_path="")
+
+
+def protocol_arg_strings(protocols: Iterable[str] = PROTOCOLS) -> list[str]:
+  """Every (protocol, dataset, student, IGDM teacher, igdm) setting of :func:`protocol_arg`."""
+  return arg_strings(protocol=tuple(protocols), dataset=DATASETS, student=STUDENTS,
+                     teacher=IGDM_TEACHERS, igdm=(False, True))
+
+
+def teacher_entry(rec: dict[str, Any], path: str = "") -> dict[str, Any]:
+  """The ``config.teachers`` entry of a :data:`TEACHERS` record.
+
+  ``path`` (a ``teacher_path=`` argument) replaces the record's RobustBench
+  file; the architecture, class count and layout kwargs stay the record's, so
+  a ``.pt`` in the same layout converts the same way.
+  """
+  return config_lib.teacher_config(path or rec["file"], model=rec["arch"],
+                                   num_classes=rec["num_classes"], **rec["kwargs"])
+
+
+def igdm_weight(a: Any, base: str, teacher_key: str | None = None) -> float:
+  """IGDM's alpha for the parsed arguments ``a`` (0.0 when ``a.igdm`` is off).
+
+  ``a.igdm_alpha`` when given (non-zero), else :func:`igdm_alpha` of
+  ``(a.student, a.dataset, teacher_key or a.teacher, base)``: IGDM App. B.2.
+  """
+  if not a.igdm:
+    return 0.0
+  return a.igdm_alpha or igdm_alpha(a.student, a.dataset, teacher_key or a.teacher, base)
+
+
+def one_teacher_config(a: Any, rec: dict[str, Any], method: Any,
+                       t: dict[str, Any]) -> mlc.ConfigDict:
+  """:func:`cifar_config` of a single-teacher distillation: ``a.student`` learns from ``t``.
+
+  ``a`` holds the parsed ``dataset``, ``student`` and ``teacher_path``
+  arguments; ``t`` is a :data:`TEACHERS` record (``teacher_path`` replaces its
+  file), the one ``config.teachers`` entry is named ``teacher``.
+  """
+  return cifar_config(a.dataset, a.student, rec, method,
+                      teachers={"teacher": teacher_entry(t, a.teacher_path)})
+
+
+def cifar_config(dataset: str, model: str, rec: dict[str, Any], method: Any, *,
+                 teachers: dict[str, Any] | None = None,
+                 model_kwargs: dict[str, Any] | None = None) -> mlc.ConfigDict:
+  """A full-size CIFAR run of the recipe ``rec`` (a :func:`recipe` record).
+
+  What every CIFAR config shares: ``rec``'s epochs, batch size, weight decay
+  and lr-decay epochs; SGD lr 0.1, momentum 0.9, piecewise schedule (x0.1 at
+  each decay epoch); raw [0, 1] pixels (``model.normalize = False``, as the
+  official codes feed them); eval batch 400 (divides the 10,000 test images
+  and any 1, 2, 4, 8 or 16 devices); PGD-20 at 8/255 every 5 epochs; a log line
+  every 100 steps. ``method`` is the ``config.method`` block, ``teachers`` the
+  ``config.teachers`` entries (None: none), ``model_kwargs`` the student's.
+  """
+  c = config_lib.base_config()
+  c.num_epochs = rec["epochs"]
+  c.data.name = dataset
+  c.data.batch_size = rec["batch_size"][dataset]
+  c.data.eval_batch_size = 400
+  c.model.name = model
+  c.model.normalize = False
+  if model_kwargs is not None:
+    c.model.kwargs = model_kwargs
+  c.method = method
+  if teachers is not None:
+    c.teachers = teachers
+  c.optim.lr = 0.1
+  c.optim.weight_decay = rec["weight_decay"]
+  c.optim.schedule = "piecewise"
+  c.optim.decay_epochs = rec["decay_epochs"]
+  c.eval.eps = 8 / 255
+  c.eval.every_epochs = 5
+  c.log_every_steps = 100
+  return c
+
+
+# The CPU-sized runs' data: scikit-learn's 8x8 digits (1,437 train / 360 test,
+# eval batch 120 = 360 / 3) and the real CIFAR-10 subset (5,085 / 1,017, eval
+# batch 339 = 1,017 / 3: no padding needed), each with its log cadence.
+CPU_DATA = {
+    "digits": {"name": "digits", "batch_size": 64, "eval_batch_size": 120,
+               "log_every_steps": 20},
+    "cifar10_subset": {"name": "cifar10", "batch_size": 128, "eval_batch_size": 339,
+                       "log_every_steps": 10},
+}
+
+
+def cpu_config(data: str, model: str, method: Any, *, epochs: int, eps: float,
+               data_dir: str = "", teachers: dict[str, Any] | None = None,
+               model_kwargs: dict[str, Any] | None = None) -> mlc.ConfigDict:
+  """A run of minutes on a CPU (configs/quickstart*.py, digits_distill.py, the subset configs).
+
+  ``data`` is a key of :data:`CPU_DATA` (``data_dir`` where it was prepared,
+  empty: the default); seed 0, SGD lr 0.05, momentum 0.9, weight decay 5e-4,
+  cosine schedule over ``epochs``; PGD-20 at ``eps`` every 5 epochs.
+  ``method``, ``teachers`` and ``model_kwargs`` as in :func:`cifar_config`.
+  """
+  d = CPU_DATA[data]
+  c = config_lib.base_config()
+  c.seed = 0
+  c.num_epochs = epochs
+  c.data.name = d["name"]
+  if data_dir:
+    c.data.data_dir = data_dir
+  c.data.batch_size = d["batch_size"]
+  c.data.eval_batch_size = d["eval_batch_size"]
+  c.model.name = model
+  if model_kwargs is not None:
+    c.model.kwargs = model_kwargs
+  c.method = method
+  if teachers is not None:
+    c.teachers = teachers
+  c.optim.lr = 0.05
+  c.optim.weight_decay = 5e-4
+  c.optim.schedule = "cosine"
+  c.eval.eps = eps
+  c.eval.every_epochs = 5
+  c.log_every_steps = d["log_every_steps"]
+  return c

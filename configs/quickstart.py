@@ -9,25 +9,23 @@ PGD-5 inner attack with step eps/4, uniform start; evaluation with PGD-20 at
 the same eps. Runs in a few minutes on a 2-core CPU.
 """
 
+from __future__ import annotations
+
+import os
+import sys
+
 from kdrobust import config_lib
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+  sys.path.insert(0, _HERE)
+import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, epochs=15, eps=0.1)
-  c = config_lib.base_config()
-  c.seed = 0
-  c.num_epochs = a.epochs
-  c.data.name = "digits"
-  c.data.batch_size = 64
-  c.data.eval_batch_size = 120
-  c.model.name = "small_cnn"
-  c.method = config_lib.method_config(
+  method = config_lib.method_config(
       "pgd_at", attack=dict(eps=a.eps, step_size=a.eps / 4, steps=5, init="uniform"))
-  c.optim.lr = 0.05
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = "cosine"
-  c.eval.eps = a.eps
-  c.eval.every_epochs = 5
-  c.log_every_steps = 20
+  c = ps.cpu_config("digits", "small_cnn", method, epochs=a.epochs, eps=a.eps)
   c.ckpt.every_epochs = 1
   return c

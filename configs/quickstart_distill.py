@@ -17,28 +17,26 @@ over the epochs. Choice for speed on a CPU: a 5-step inner attack (papers: 10)
 with step eps/4, eps = 0.1.
 """
 
+from __future__ import annotations
+
+import os
+import sys
+
 from kdrobust import config_lib
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+  sys.path.insert(0, _HERE)
+import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, teacher="runs/quickstart/teacher", epochs=15, eps=0.1,
                            igdm=5.0, method="adaad")
-  c = config_lib.base_config()
-  c.seed = 0
-  c.num_epochs = a.epochs
-  c.data.name = "digits"
-  c.data.batch_size = 64
-  c.data.eval_batch_size = 120
-  c.model.name = "tiny_cnn"
-  c.method = config_lib.method_config(
+  method = config_lib.method_config(
       a.method, igdm_alpha=a.igdm, reduction="batchmean",
       attack=dict(eps=a.eps, step_size=a.eps / 4, steps=5, init="gaussian"))
-  c.teachers = {"robust": config_lib.teacher_config(a.teacher)}
+  c = ps.cpu_config("digits", "tiny_cnn", method, epochs=a.epochs, eps=a.eps,
+                    teachers={"robust": config_lib.teacher_config(a.teacher)})
   c.teacher_eval_examples = 0  # the quickstart reports the teacher itself
-  c.optim.lr = 0.05
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = "cosine"
-  c.eval.eps = a.eps
-  c.eval.every_epochs = 5
-  c.log_every_steps = 20
   return c

@@ -42,6 +42,8 @@ unrolled), ending at clean 0.28 / PGD-20 0.14 (teacher 0.30 / 0.20). The other
 methods were timed on digits only (configs/digits_distill.py).
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -51,6 +53,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
   sys.path.insert(0, _HERE)
 import digits_distill  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_config(arg=None):
@@ -61,24 +64,8 @@ def get_config(arg=None):
   # 63 s of CPU with unroll=1 and 40 s with unroll=5 (environment.md has the why).
   method, teachers, student, model_kw = digits_distill.method_and_teachers(
       a.method, a.igdm, a.eps, a.epochs, a.teacher, a.teacher2, unroll=5)
-  c = config_lib.base_config()
-  c.seed = 0
-  c.num_epochs = a.epochs
-  c.data.name = "cifar10"
-  c.data.data_dir = a.data_dir
-  c.data.batch_size = 128
-  c.data.eval_batch_size = 339  # 1,017 = 3 x 339: no padding needed
-  c.model.name = student
-  c.model.kwargs = model_kw
-  c.method = method
-  c.teachers = teachers
-  c.optim.lr = 0.05
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = "cosine"
-  c.eval.eps = a.eps
-  c.eval.every_epochs = 5
-  c.log_every_steps = 10
-  return c
+  return ps.cpu_config("cifar10_subset", student, method, epochs=a.epochs, eps=a.eps,
+                       data_dir=a.data_dir, teachers=teachers, model_kwargs=model_kw)
 
 
 def arg_combinations():
