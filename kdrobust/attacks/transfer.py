@@ -52,12 +52,14 @@ class TransferMatrix:
 
   def as_table(self) -> str:
     """A plain-text table (rows = source, columns = target, percent)."""
-    w = max(len(n) for n in self.names) + 2
-    head = "source \\ target".ljust(w + 4) + "".join(n.rjust(w) for n in self.names)
-    rows = [head]
-    for i, src in enumerate(self.names):
-      rows.append(f"{src} (n={self.n_points[i]})".ljust(w + 4) + "".join(
-          f"{100 * v:.1f}".rjust(w) for v in self.matrix[i]))
+    labels = [f"{s} (n={n})" for s, n in zip(self.names, self.n_points)]
+    head = "source \\ target"
+    lw = max(len(head), *(len(l) for l in labels)) + 2
+    cw = max(6, *(len(n) for n in self.names)) + 2
+    rows = [head.ljust(lw) + "".join(n.rjust(cw) for n in self.names)]
+    for label, row in zip(labels, np.asarray(self.matrix)):
+      rows.append(label.ljust(lw) + "".join(
+          ("-" if not np.isfinite(v) else f"{100 * v:.1f}").rjust(cw) for v in row))
     return "\n".join(rows)
 
 

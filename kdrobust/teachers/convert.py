@@ -142,7 +142,10 @@ def load_converted(path: str, *, dtype: str | None = None, verify: bool = True):
   if verify and sha256_file(var_path) != meta["variables_sha256"]:
     raise ValueError(f"{var_path}: sha256 differs from teacher.json (file changed?).")
   variables = load_variables(var_path)
-  expected = traverse_util.flatten_dict(dict(torch_io.abstract_variables(module)), sep="/")
+  # Input shape: RobustBench teachers are 32x32x3; an optional "image_shape" says otherwise.
+  h, _, ch = meta.get("image_shape", (32, 32, 3))
+  expected = traverse_util.flatten_dict(
+      dict(torch_io.abstract_variables(module, image_size=int(h), channels=int(ch))), sep="/")
   got = traverse_util.flatten_dict(variables, sep="/")
   missing = sorted(set(expected) - set(got))
   unexpected = sorted(set(got) - set(expected))
