@@ -15,6 +15,12 @@ evaluate the final (``latest``) checkpoint with clean, PGD-20 and AutoAttack
 ``<root>/results.jsonl``. The teacher is evaluated at the checkpoint the
 students read (``best``). ``--report`` rewrites the tables between the
 ``<!-- BEGIN/END ... -->`` markers of ``docs/results.md``.
+
+``--diagnostics`` adds, for every finished student and reference run of a
+root, IGDM's teacher-student input-gradient distance and cosine (against the
+root's teacher, best checkpoint) and KDIGA's local linearity at the run's eps
+on the same test points (``eval/campaign_diag.json``); ``--report`` then also
+writes the ``<!-- BEGIN/END <dataset> diagnostics -->`` table.
 """
 
 from __future__ import annotations
@@ -38,9 +44,16 @@ DISTILL = {
     "adaad": ("adaad", 0), "adaiad": ("adaiad", 0), "darht": ("darht", 0),
     "adaad_igdm": ("adaad", 5), "rslad_igdm": ("rslad", 5), "ard_igdm": ("ard", 5),
 }
+# Extra settings: name -> (method, igdm, {method field: value}). KDIGA's released
+# default gamma = 0.5 (with its gamma / B^2 normalisation) leaves the alignment term
+# ~1e-4 of the loss; its earlier commits used gamma up to 1000.
+VARIANTS = {"kdiga_g100": ("kdiga", 0, {"gamma": 100.0}),
+            "kdiga_g1000": ("kdiga", 0, {"gamma": 1000.0})}
+DISTILL.update({k: v[:2] for k, v in VARIANTS.items()})
 ALL_METHODS = list(REFERENCE) + list(DISTILL)
 SECOND_TEACHER = ("mtard", "darht")
 EVAL_NAME = "campaign"
+DIAG_NAME = "campaign_diag"
 
 
 def load_config(path: str, arg: str | None = None):
@@ -108,8 +121,13 @@ def student_spec(dataset: str, root: str, data_dir: str, key: str, seed: int):
     if dataset != "digits":
       arg += f",data_dir={data_dir}"
     c = load_config(os.path.join(CONFIGS, cfg), arg)
-    cli = f"python -m kdrobust.main --config configs/{cfg}:{arg}{seed_flag} --workdir {wd}"
-    desc = f"{cfg}:method={method}" + (f",igdm={igdm}" if igdm else "")
+    overrides = VARIANTS.get(key, (None, None, {}))[2]
+    flags = "".join(f" --config.method.{k}={v}" for k, v in overrides.items())
+    for k, v in overrides.items():
+      c.method[k] = v
+    cli = (f"python -m kdrobust.main --config configs/{cfg}:{arg}{flags}{seed_flag} "
+           f"--workdir {wd}")
+    desc = f"{cfg}:method={method}" + (f",igdm={igdm}" if igdm else "") + flags
   c.seed = seed
   return key, wd, c, desc, cli
 
@@ -226,18 +244,72 @@ def campaign(args) -> int:
   return 0
 
 
+def _latest_ok(rows: list[dict]) -> dict:
+  """The last row per (method, seed) (a retried run replaces its failure)."""
+  last = {}
+  for r in rows:
+    last[(r["method"], r["seed"])] = r
+  return last
+
+
+def diagnostics(args) -> int:
+  """GD/GC against the root's teacher and local linearity for every finished run."""
+  from kdrobust import evaluate  # pylint: disable=g-import-not-at-top
+  teacher = os.path.join(args.root, "teacher")
+  n = args.aa_examples or None
+  for (key, seed), r in sorted(_latest_ok(_rows(args.root)).items()):
+    if r.get("status") != "ok" or key in ("teacher", "natural_teacher"):
+      continue
+    path = os.path.join(r["workdir"], "eval", f"{DIAG_NAME}.json")
+    if os.path.exists(path):
+      continue
+    print(f"== [{time.strftime('%H:%M:%S')}] diagnostics {key} seed {seed}", flush=True)
+    evaluate.evaluate_run(r["workdir"], checkpoint="latest", eps=float(r["eps"]),
+                          attacks=("clean",), num_examples=n, teacher=teacher,
+                          local_linearity=True, name=DIAG_NAME, progress=False, log=None)
+  return 0
+
+
+def _diag_values(r: dict):
+  path = os.path.join(r["workdir"], "eval", f"{DIAG_NAME}.json")
+  if r.get("status") != "ok" or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    d = json.load(f)["diagnostics"]
+  (ll,) = d["local_linearity"]["per_eps"].values()
+  tg = d["teacher_gradients"]
+  return {"gd": tg["gd"], "gc": tg["gc"], "ll": ll["mean"], "n": tg["num_examples"]}
+
+
+def diagnostics_table(rows: list[dict]) -> str | None:
+  """Markdown table of GD, GC and local linearity per method (mean ± std over seeds)."""
+  last = _latest_ok(rows)
+  out = ["| method | seeds | GD (lower = closer to the teacher) | GC (higher = closer) | "
+         "local linearity γ (lower = more linear) |", "|---|---|---|---|---|"]
+  for m in ALL_METHODS:
+    vals = [(s, _diag_values(r)) for (k, s), r in sorted(last.items()) if k == m]
+    vals = [(s, v) for s, v in vals if v]
+    if not vals:
+      continue
+    sd = lambda key: _stat([v[key] for _, v in vals], scale=1, fmt=".3g")
+    out.append(f"| {_label(m)} | {','.join(str(s) for s, _ in vals)} | {sd('gd')} | "
+               f"{sd('gc')} | {sd('ll')} |")
+  return "\n".join(out) if len(out) > 2 else None
+
+
 # ----------------------------------------------------------------------------
 # Report.
 # ----------------------------------------------------------------------------
-def _stat(vals: list[float]) -> str:
-  vals = [v for v in vals if v is not None]
+def _stat(vals: list[float], scale: float = 100, fmt: str = ".1f") -> str:
+  """``mean`` or ``mean ± sample std`` of ``scale * vals``."""
+  vals = [scale * v for v in vals if v is not None]
   if not vals:
     return "-"
   m = sum(vals) / len(vals)
   if len(vals) == 1:
-    return f"{100 * m:.1f}"
+    return f"{m:{fmt}}"
   sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-  return f"{100 * m:.1f} ± {100 * sd:.1f}"
+  return f"{m:{fmt}} ± {sd:{fmt}}"
 
 
 def _fmt_time(rows) -> str:
@@ -255,15 +327,13 @@ def _fmt_time(rows) -> str:
 def _label(m: str) -> str:
   return {"teacher": "**teacher** (PGD-AT)", "natural_teacher": "natural teacher (MTARD/DARHT 2nd)",
           "natural": "natural (no teacher)", "pgd_at": "PGD-AT (no teacher)",
-          "trades": "TRADES (no teacher)"}.get(m, m.replace("_igdm", " + IGDM"))
+          "trades": "TRADES (no teacher)", "kdiga_g100": "kdiga, γ = 100",
+          "kdiga_g1000": "kdiga, γ = 1000"}.get(m, m.replace("_igdm", " + IGDM"))
 
 
 def table(rows: list[dict], root: str | None = None) -> str:
   """Markdown table: teacher first, then reference students, then distilled students."""
-  # Last row per (method, seed) wins (a retried run replaces its failure).
-  last = {}
-  for r in rows:
-    last[(r["method"], r["seed"])] = r
+  last = _latest_ok(rows)
   order = ["teacher", "natural_teacher"] + ALL_METHODS
   out = ["| method | config | seeds | clean | PGD-20 | AutoAttack | gap PGD-20 − AA | time / run (train + eval) | eval warnings |",
          "|---|---|---|---|---|---|---|---|---|"]
@@ -311,6 +381,12 @@ def table(rows: list[dict], root: str | None = None) -> str:
   return "\n".join(out + [l for m in order for l in lines.get(m, [])])
 
 
+def _replace_between(text: str, begin: str, end: str, body: str) -> str:
+  if begin in text and end in text:
+    return text[:text.index(begin)] + body + text[text.index(end) + len(end):]
+  return text + f"\n{body}\n"
+
+
 def args_n(ds: str) -> str:
   return "360" if ds == "digits" else "500 (first, for the campaign evaluation)"
 
@@ -348,10 +424,16 @@ def report(args) -> int:
           "(training, then evaluation)</summary>\n\n```bash\n"
           + "\n".join(f"{r['command']}\n{r['eval_command']}" for r in cmds)
           + "\n```\n</details>\n" + end))
-    if begin in text and end in text:
-      text = text[:text.index(begin)] + body + text[text.index(end) + len(end):]
-    else:
-      text += f"\n{body}\n"
+    text = _replace_between(text, begin, end, body)
+    dtab = diagnostics_table(rows)
+    if dtab:
+      n_diag = sorted({v["n"] for r in rows if (v := _diag_values(r))})
+      dbegin, dend = f"<!-- BEGIN {ds} diagnostics -->", f"<!-- END {ds} diagnostics -->"
+      text = _replace_between(text, dbegin, dend, (
+          f"{dbegin}\n{dtab}\n\nOn the first {', '.join(map(str, n_diag))} test images, clean, "
+          f"final (latest) checkpoint; against the teacher's best checkpoint. Command: "
+          f"`python launch/results_campaign.py --diagnostics --dataset {ds} --root {root}`"
+          + (f" --aa_examples {n_diag[0]}" if ds != "digits" else "") + f"\n{dend}"))
   with open(path, "w") as f:
     f.write(text)
   print(f"wrote {path}")
@@ -370,10 +452,14 @@ def main(argv=None) -> int:
   p.add_argument("--teacher_eval_last", action="store_true",
                  help="evaluate the (already trained) teacher after the students")
   p.add_argument("--report", action="store_true")
+  p.add_argument("--diagnostics", action="store_true",
+                 help="GD/GC vs the teacher and local linearity for every finished run")
   p.add_argument("--roots", default="/work/runs/digits,/work/runs/subset")
   p.add_argument("--out", default=os.path.join(REPO, "docs", "results.md"))
   args = p.parse_args(argv)
-  return report(args) if args.report else campaign(args)
+  if args.report:
+    return report(args)
+  return diagnostics(args) if args.diagnostics else campaign(args)
 
 
 if __name__ == "__main__":
