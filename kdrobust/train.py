@@ -118,15 +118,23 @@ def eval_attacks(eval_config) -> dict[str, Any]:
   return {name: step_lib.eval_attack(**dict(a)) for name, a in eval_config.attacks.items()}
 
 
-def evaluate(eval_step, variables, batches, mesh, eps: float) -> dict[str, float]:
-  """Clean and robust accuracy over padded, masked batches (one fetch at the end)."""
+def _batch_sums(step_fn, args, batches, mesh, eps: float) -> tuple[dict, float]:
+  """Sum ``step_fn(*args, batch, eps, i)`` over padded, masked batches; one fetch at the end.
+
+  Returns the summed values and the summed ``count`` (real examples).
+  """
   totals = None
   for i, local in enumerate(batches):
     batch = parallel.global_batch(mesh, local)
-    out = eval_step(variables, batch, jnp.float32(eps), jnp.int32(i))
+    out = step_fn(*args, batch, jnp.float32(eps), jnp.int32(i))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
-  n = float(totals.pop("count"))
+  return totals, float(totals.pop("count"))
+
+
+def evaluate(eval_step, variables, batches, mesh, eps: float) -> dict[str, float]:
+  """Clean and robust accuracy over padded, masked batches (one fetch at the end)."""
+  totals, n = _batch_sums(eval_step, (variables,), batches, mesh, eps)
   clean = float(totals.pop("clean")) / n
   return {"clean_accuracy": clean, "num_examples": int(n),
           "robust_accuracy": {k: float(v) / n for k, v in sorted(totals.items())}}
@@ -135,13 +143,7 @@ def evaluate(eval_step, variables, batches, mesh, eps: float) -> dict[str, float
 def diagnose(diag_step, variables, teacher_variables, batches, mesh, eps: float
              ) -> dict[str, float]:
   """Means of the diagnostics over padded, masked batches (one fetch at the end)."""
-  totals = None
-  for i, local in enumerate(batches):
-    batch = parallel.global_batch(mesh, local)
-    out = diag_step(variables, teacher_variables, batch, jnp.float32(eps), jnp.int32(i))
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
-  n = float(totals.pop("count"))
+  totals, n = _batch_sums(diag_step, (variables, teacher_variables), batches, mesh, eps)
   return {k: float(v) / n for k, v in sorted(totals.items())}
 
 
