@@ -37,8 +37,12 @@ AdaIAD, IAD/AdaIAD ``begin`` and DARHT's curriculum at the papers' fraction of
 the run (30% for ``begin``; DARHT's 50/350 and 118/350), MTARD's weight step
 not decayed (cosine lr). MTARD: teacher 0 = ``teacher`` (adversarial), teacher
 1 = ``teacher2`` (natural). DARHT: K = 2 slots (``teacher``, ``teacher2``),
-``model.kwargs.head_slots = 2``. Accuracies on digits are demos, not paper
-results.
+``model.kwargs.head_slots = 2``. Caveat of that DARHT scaling: the KD-only
+phase then starts at epoch 4 of 10, with the cosine learning rate near its
+peak, and the student's final layer gets no gradient in that phase; keeping
+CE on (``--config.method.ce_stop_epoch=10``) took DARHT from 0.62 to 0.81
+AutoAttack on digits (docs/results.md). Accuracies on digits are demos, not
+paper results.
 
 Measured (wall clock, JIT compilation included) on the 2-core development
 CPU while other jobs kept it busy (load average about 8): the teacher
