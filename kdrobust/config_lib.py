@@ -91,6 +91,9 @@ def base_config() -> mlc.ConfigDict:
       "name": "small_cnn",
       "normalize": True,  # per-dataset mean/std inside the model
       "dtype": "float32",  # compute dtype; 'bfloat16' keeps params and inputs fp32
+      # 'flax': Flax's default initialisers; 'torch': PyTorch's default
+      # (kaiming_uniform_(a=sqrt(5)) weights, uniform biases), as the official codes' students.
+      "init": "flax",
       "kwargs": {}})
   c.method = method_config("natural")
   # name -> teacher_config(...). ml_collections orders keys by name, so multi-teacher
@@ -111,6 +114,10 @@ def base_config() -> mlc.ConfigDict:
       "every_epochs": 0, "num_examples": 512, "gradient_agreement": True,
       "local_linearity": False, "local_linearity_steps": 50})
   c.ckpt = mlc.ConfigDict({"every_epochs": 1, "keep": 2})
+  # Where the recipe comes from (printed on the recipe card, kdrobust.recipe):
+  # protocol name, sources of the settings ("[C:ARD@779ade3:main.py]" tags as in
+  # methods.md) and free-text notes (paper-vs-code differences, choices).
+  c.provenance = mlc.ConfigDict({"protocol": "", "sources": "", "notes": ""})
   return c
 
 

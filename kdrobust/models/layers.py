@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # Channel statistics in [0, 1] pixel space (torchvision conventions).
@@ -57,10 +58,63 @@ def activation_fn(name: str):
   return fns[name]
 
 
-def batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
-  """PyTorch-compatible BatchNorm (momentum 0.9 == torch 0.1, epsilon 1e-5)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, name=name)
+class BatchNorm(nn.Module):
+  """``torch.nn.BatchNorm2d`` (and ``1d``) exactly, in Flax.
+
+  Train mode normalises with the *biased* variance of the batch, like PyTorch
+  and Flax, but updates the running variance with the **unbiased** one:
+
+      mean_B = mean(x),  var_B = mean((x - mean_B)^2)          (over N, H, W)
+      y      = (x - mean_B) / sqrt(var_B + eps) * scale + bias
+      ra_mean <- m ra_mean + (1 - m) mean_B
+      ra_var  <- m ra_var  + (1 - m) var_B * n / (n - 1)       (n = N H W)
+
+  with ``m = momentum = 0.9`` (PyTorch's ``momentum=0.1``). ``flax.linen.BatchNorm``
+  uses ``var_B`` in the last line, so its running variance drifts from PyTorch's
+  by the factor ``n / (n - 1)`` at every update (issue 8). Inference mode uses
+  the running statistics. Statistics are computed in float32 or wider
+  (two-pass variance) whatever the compute ``dtype``; the output is cast to ``dtype``.
+  Variable names (``params/scale, bias``, ``batch_stats/mean, var``) are
+  Flax's, so checkpoints and converted PyTorch teachers load unchanged.
+  ``unbiased_running_var=False`` gives Flax's update.
+  """
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = None
+  unbiased_running_var: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    out_dtype = x.dtype if self.dtype is None else compute_dtype(self.dtype)
+    xf = jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # float64 stays float64
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xf, axis=axes)
+      var = jnp.mean(jnp.square(xf - mean), axis=axes)
+      if not self.is_initializing():
+        n = 1
+        for a in axes:
+          n *= x.shape[a]
+        unbiased = var * (n / (n - 1)) if (self.unbiased_running_var and n > 1) else var
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+        ra_var.value = m * ra_var.value + (1.0 - m) * unbiased
+    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(out_dtype)
+
+
+def batch_norm(train: bool, dtype: Any, name: str | None = None) -> BatchNorm:
+  """PyTorch's BatchNorm (momentum 0.9 == torch 0.1, epsilon 1e-5, unbiased running var)."""
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                   dtype=dtype, name=name)
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: Any = None,

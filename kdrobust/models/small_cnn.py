@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdrobust.models import register
-from kdrobust.models.layers import Normalize, classifier_head, compute_dtype
+from kdrobust.models.layers import (BatchNorm, Normalize, classifier_head,
+                                    compute_dtype)
 
 
 class SmallCNN(nn.Module):
@@ -27,8 +28,8 @@ class SmallCNN(nn.Module):
     for i, w in enumerate(self.widths):
       x = nn.Conv(w, (3, 3), strides=1 if i == 0 else 2,
                   padding=((1, 1), (1, 1)), use_bias=False, dtype=dt)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                       epsilon=1e-5, dtype=dt)(x)
+      x = BatchNorm(use_running_average=not train, momentum=0.9,
+                    epsilon=1e-5, dtype=dt)(x)
       x = nn.relu(x)
     x = jnp.mean(x, axis=(1, 2))
     return classifier_head(self, x, self.num_classes, self.head_slots, dt)
