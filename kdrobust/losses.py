@@ -31,10 +31,13 @@ Reduction = Literal["sum", "batchmean", "elemmean", "mean"]
 REDUCTIONS = ("sum", "batchmean", "elemmean", "mean")
 
 
-def _f32(x: Array) -> Array:
-  """Cast to float32, or keep float64 (x64 mode: the attacks' float64 parity tests)."""
+def at_least_f32(x: Array) -> Array:
+  """Cast to float32, or keep float64 (x64 mode: the float64 parity tests)."""
   x = jnp.asarray(x)
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+_f32 = at_least_f32
 
 
 def one_hot(labels: Array, num_classes: int) -> Array:

@@ -22,16 +22,19 @@ import jax.numpy as jnp
 import optax
 
 from kdrobust import losses
-from kdrobust.methods.base import Ctx, Method, TrainForward
+from kdrobust.methods.base import Ctx, InnerStudent, Method, TrainForward
 from kdrobust.state import TrainState
 
 Array = jax.Array
 
 
 def teacher_logits_fn(apply_fn, variables) -> Callable[[Array], Array]:
-  """A frozen teacher: inference mode, float32 logits, differentiable w.r.t. x only."""
+  """A frozen teacher: inference mode, float32 logits, differentiable w.r.t. x only.
+
+  (float64 logits stay float64: the step-parity tests run in x64 mode.)
+  """
   variables = jax.lax.stop_gradient(variables)
-  return lambda x: jnp.asarray(apply_fn(variables, x, train=False), jnp.float32)
+  return lambda x: losses.at_least_f32(apply_fn(variables, x, train=False))
 
 
 def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformation,
@@ -47,12 +50,8 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
     key = jax.random.fold_in(base_key, state.step)
     epoch = (state.step // steps_per_epoch + 1).astype(jnp.float32)
     variables = state.variables()
-    if method.attack.bn_mode == "batch" and state.batch_stats:
-      # Batch statistics of the attacked batch; running statistics untouched.
-      student_inner = lambda x: apply_fn(variables, x, train=True, mutable=["batch_stats"],
-                                         rngs={"dropout": jax.random.fold_in(key, 2)})[0]
-    else:
-      student_inner = lambda x: apply_fn(variables, x, train=False)
+    student_inner = InnerStudent(apply_fn, variables, method.attack.bn_mode,
+                                 rngs=jax.random.fold_in(key, 2))
     teachers = tuple(teacher_logits_fn(f, v)
                      for f, v in zip(teacher_apply_fns, teacher_variables))
     mask = batch.get("mask")
@@ -66,8 +65,12 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
     if x_adv is not None:
       x_adv = jax.lax.stop_gradient(x_adv)
 
+    # 'train'-mode attacks moved the running statistics: the outer forwards
+    # continue from there, as in PyTorch.
+    batch_stats = student_inner.batch_stats if student_inner.threads_state else state.batch_stats
+
     def loss_fn(params):
-      student = TrainForward(apply_fn, params, state.batch_stats,
+      student = TrainForward(apply_fn, params, batch_stats,
                              rngs=jax.random.fold_in(key, 1))
       out = method.loss(ctx, student, x_adv, state.method_state)
       return out.loss, (out, student.batch_stats)

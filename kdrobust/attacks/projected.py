@@ -28,9 +28,21 @@ Random starts (``init``):
 * ``'uniform'``: L-inf ``clip_[0,1](x + U[-eps, eps])`` (Madry/ARD/IAD/KDIGA,
   PGD-20 evaluation); L2: a Gaussian direction scaled to a radius drawn
   uniformly in ``[0, eps]``, then clipped to [0,1].
+* ``'uniform_unclipped'``: ``x + U[-eps, eps]`` *not* clipped to [0,1] before
+  the first step, as the official ARD code's ``AttackPGD`` starts
+  ``[C:ARD@779ade3:main.py:71]`` (L2: the ``'uniform'`` draw without the clip).
 * ``'gaussian'``: ``x + 0.001 * N(0, I)``, not clipped before the first step
   (TRADES, RSLAD, AdaAD, MTARD, DARHT).
 * ``'none'``: start at ``x``.
+
+Stateful (train-mode) attacks: the official ARD, IAD and KDIGA codes attack
+with the student in PyTorch's ``train()`` mode, so every attack forward
+normalises with the attacked batch's statistics *and* updates the running
+statistics. :func:`maximize` and :func:`pgd_inner` reproduce this when given
+``stateful``: an object with a ``batch_stats`` attribute that the objective's
+forwards read and replace (:class:`kdrobust.methods.base.InnerStudent` in
+``'train'`` mode). The statistics are carried through the loop, one update per
+forward in order, and left in ``stateful.batch_stats`` at the end.
 """
 
 from __future__ import annotations
@@ -47,10 +59,10 @@ Array = jax.Array
 Objective = Callable[[Array], Array]
 LogitsFn = Callable[[Array], Array]
 Norm = Literal["linf", "l2"]
-Init = Literal["uniform", "gaussian", "none"]
+Init = Literal["uniform", "uniform_unclipped", "gaussian", "none"]
 
 NORMS = ("linf", "l2")
-INITS = ("uniform", "gaussian", "none")
+INITS = ("uniform", "uniform_unclipped", "gaussian", "none")
 PGD_LOSSES = ("ce", "cw", "dlr")
 
 
@@ -104,34 +116,49 @@ def ascent_direction(g: Array, norm: Norm) -> Array:
 
 
 def random_init(key: Array, x: Array, eps, *, norm: Norm = "linf",
-                init: Init = "uniform", bounds=(0.0, 1.0)) -> Array:
-  """The random start of a PGD run (see the module docstring)."""
+                init: Init = "uniform", bounds=(0.0, 1.0),
+                noise: Array | None = None) -> Array:
+  """The random start of a PGD run (see the module docstring).
+
+  ``noise`` replaces the random draw (tests inject PyTorch's): ``U[-1, 1]``
+  values for the L-inf uniform starts, ``N(0, I)`` values for ``'gaussian'``.
+  """
   _check(norm, init)
   if init == "none":
     return x
   if init == "gaussian":
-    return x + 0.001 * jax.random.normal(key, x.shape, x.dtype)
+    n = jax.random.normal(key, x.shape, x.dtype) if noise is None else noise
+    return x + 0.001 * n
+  clip = ((lambda v: v) if init == "uniform_unclipped"
+          else (lambda v: jnp.clip(v, bounds[0], bounds[1])))
   if norm == "linf":
-    u = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
-    return jnp.clip(x + eps * u, bounds[0], bounds[1])
+    u = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) if noise is None else noise
+    return clip(x + eps * u)
   k1, k2 = jax.random.split(key)
   d = jax.random.normal(k1, x.shape, x.dtype)
   d = d / (_per_example_l2(d) + 1e-12)
   r = jax.random.uniform(k2, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
-  return jnp.clip(x + eps * r * d, bounds[0], bounds[1])
+  return clip(x + eps * r * d)
 
 
 def maximize(objective: Objective, x: Array, x_init: Array, *, eps, step_size,
              steps: int, norm: Norm = "linf", bounds=(0.0, 1.0),
-             unroll: int | bool = 1) -> Array:
+             unroll: int | bool = 1, stateful=None) -> Array:
   """Projected steepest ascent of ``sum_i objective(x')_i``; returns the last iterate.
 
   ``objective`` must be per-example (the forward of one example must not
   depend on the others, e.g. batch norm in inference mode) for the gradient
-  of the sum to be each example's own gradient. ``unroll`` is passed to
-  ``lax.fori_loop`` (``True`` unrolls fully: faster on XLA:CPU, slower to
-  compile).
+  of the sum to be each example's own gradient; with batch statistics the
+  gradient of the sum is PyTorch's ``grad(loss.sum(), x)`` through them.
+  ``unroll`` is passed to ``lax.fori_loop`` (``True`` unrolls fully: faster
+  on XLA:CPU, slower to compile). ``stateful`` (see the module docstring)
+  threads batch-norm statistics through the steps: step ``k`` runs its
+  forwards on the statistics left by step ``k - 1``.
   """
+  if stateful is not None and getattr(stateful, "threads_state", True):
+    return _maximize_stateful(objective, x, x_init, eps=eps, step_size=step_size,
+                              steps=steps, norm=norm, bounds=bounds, unroll=unroll,
+                              stateful=stateful)
   grad_fn = jax.grad(lambda u: jnp.sum(objective(u)))
 
   def body(_, xa):
@@ -142,13 +169,42 @@ def maximize(objective: Objective, x: Array, x_init: Array, *, eps, step_size,
   return jax.lax.stop_gradient(x_adv)
 
 
+def _maximize_stateful(objective, x, x_init, *, eps, step_size, steps, norm,
+                       bounds, unroll, stateful):
+  """:func:`maximize` carrying ``stateful.batch_stats`` through the loop."""
+
+  def value(u, bs):
+    stateful.batch_stats = bs
+    v = jnp.sum(objective(u))
+    return v, stateful.batch_stats
+
+  grad_fn = jax.grad(value, has_aux=True)
+
+  def body(_, carry):
+    xa, bs = carry
+    g, bs = grad_fn(xa, bs)
+    xa = project(xa + step_size * ascent_direction(g, norm), x, eps, norm, bounds)
+    return xa, bs
+
+  x_adv, bs = jax.lax.fori_loop(0, steps, body, (x_init, stateful.batch_stats),
+                                unroll=unroll)
+  stateful.batch_stats = bs  # the loop's output, not a tracer of its body
+  return jax.lax.stop_gradient(x_adv)
+
+
 def pgd_inner(objective: Objective, x: Array, key: Array, *, eps, step_size,
               steps: int, norm: Norm = "linf", init: Init = "uniform",
-              bounds=(0.0, 1.0), unroll: int | bool = 1) -> Array:
-  """``maximize`` from a random start: the inner attack of adversarial training."""
-  x0 = random_init(key, x, eps, norm=norm, init=init, bounds=bounds)
+              bounds=(0.0, 1.0), unroll: int | bool = 1, stateful=None,
+              x_init: Array | None = None) -> Array:
+  """``maximize`` from a random start: the inner attack of adversarial training.
+
+  ``x_init`` replaces the random start (tests inject the official code's
+  start to compare steps); ``stateful``: see :func:`maximize`.
+  """
+  x0 = (random_init(key, x, eps, norm=norm, init=init, bounds=bounds)
+        if x_init is None else x_init)
   return maximize(objective, x, x0, eps=eps, step_size=step_size, steps=steps,
-                  norm=norm, bounds=bounds, unroll=unroll)
+                  norm=norm, bounds=bounds, unroll=unroll, stateful=stateful)
 
 
 def attack_loss(name: str, *, kappa: float | None = None):

@@ -14,7 +14,7 @@ import importlib
 from typing import Any, Mapping
 
 from kdrobust.methods.base import (  # noqa: F401
-    Ctx, InnerAttack, LossOut, Method, TrainForward)
+    Ctx, InnerAttack, InnerStudent, LossOut, Method, TrainForward)
 
 _REGISTRY: dict[str, type[Method]] = {}
 

@@ -24,18 +24,19 @@ def adaad_objective(student_fn, teacher_fn):
 
 def adaad_inner(student_fn, teacher_fn, x: Array, key: Array, *, eps=8 / 255,
                 step_size=2 / 255, steps: int = 10, init: str = "gaussian",
-                norm: str = "linf", unroll: int = 1) -> Array:
+                norm: str = "linf", unroll: int = 1, stateful=None) -> Array:
   """AdaAD's inner maximisation (methods.md section 5.1).
 
   ``x' = PGD(sum_i KL(p_T(x'_i) || p_S(x'_i)), x; eps, step, K, gaussian start)``:
   teacher and student are both evaluated at the moving point and the input
   gradient flows through both (no stop-gradient on the teacher inside the
-  attack). Both functions must be per-example (inference-mode batch norm).
-  Returns ``stop_gradient(x')``.
+  attack). Both functions must be per-example (inference-mode batch norm),
+  unless ``stateful=student_fn`` is a train-mode
+  :class:`~kdrobust.methods.InnerStudent`. Returns ``stop_gradient(x')``.
   """
   return attacks_lib.pgd_inner(adaad_objective(student_fn, teacher_fn), x, key,
                                eps=eps, step_size=step_size, steps=steps,
-                               norm=norm, init=init, unroll=unroll)
+                               norm=norm, init=init, unroll=unroll, stateful=stateful)
 
 
 def adaad_loss(student_adv_logits: Array, teacher_adv_logits: Array,
@@ -91,7 +92,8 @@ class AdaAD(Method):
 
   def perturb(self, ctx):
     return adaad_inner(ctx.student_inner, ctx.teacher(0), ctx.x,
-                       ctx.sub_key("attack"), **attack_kwargs(self.attack))
+                       ctx.sub_key("attack"), stateful=ctx.student_inner,
+                       **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):
     teacher = ctx.teacher(0)
@@ -140,7 +142,8 @@ class AdaIAD(Method):
 
   def perturb(self, ctx):
     return adaad_inner(ctx.student_inner, ctx.teacher(0), ctx.x,
-                       ctx.sub_key("attack"), **attack_kwargs(self.attack))
+                       ctx.sub_key("attack"), stateful=ctx.student_inner,
+                       **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):
     active = iad_active(ctx.epoch, self.begin)

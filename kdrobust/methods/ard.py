@@ -20,16 +20,17 @@ TEACHER_INPUTS = ("clean", "adv")
 
 def ce_inner(logits_fn, x: Array, y: Array, key: Array, *, eps=8 / 255,
              step_size=2 / 255, steps: int = 10, init: str = "uniform",
-             norm: str = "linf", unroll: int = 1) -> Array:
+             norm: str = "linf", unroll: int = 1, stateful=None) -> Array:
   """Student-only CE PGD (Madry; the inner attack of ARD, IAD, KDIGA-ARD, MTARD, DARHT).
 
-  ``x' = PGD(sum_i CE(f(x'_i), y_i), x; eps, step_size, steps, init)``;
-  ``logits_fn`` must be per-example (inference-mode batch norm). Returns
-  ``stop_gradient(x')``.
+  ``x' = PGD(sum_i CE(f(x'_i), y_i), x; eps, step_size, steps, init)``.
+  ``logits_fn`` is per-example (inference-mode batch norm) or, with
+  ``stateful=logits_fn`` (a train-mode :class:`~kdrobust.methods.InnerStudent`),
+  PyTorch's train-mode attack. Returns ``stop_gradient(x')``.
   """
   return attacks_lib.pgd_inner(lambda u: losses.xent(logits_fn(u), y), x, key,
                                eps=eps, step_size=step_size, steps=steps,
-                               norm=norm, init=init, unroll=unroll)
+                               norm=norm, init=init, unroll=unroll, stateful=stateful)
 
 
 def ard_loss(student_adv_logits: Array, student_clean_logits: Array | None,
@@ -91,7 +92,7 @@ class ARD(Method):
 
   def perturb(self, ctx):
     return ce_inner(ctx.student_inner, ctx.x, ctx.y, ctx.sub_key("attack"),
-                    **attack_kwargs(self.attack))
+                    stateful=ctx.student_inner, **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):
     s_adv = student(x_adv)

@@ -33,7 +33,7 @@ from kdrobust.attacks import projected as pgd_lib
 
 Array = jax.Array
 LogitsFn = Callable[[Array], Array]
-BN_MODES = ("eval", "batch")
+BN_MODES = ("eval", "batch", "train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,13 +44,18 @@ class InnerAttack:
   (x + 0.001 N(0, I), TRADES-style) or ``'none'``; ``unroll`` is passed to
   ``lax.fori_loop`` (unrolling is faster on XLA:CPU, see environment.md).
 
-  ``bn_mode`` is the student's batch-norm mode during the attack: ``'eval'``
-  (running statistics; the TRADES, RSLAD, AdaAD, MTARD and DARHT code, and
-  methods.md's convention) or ``'batch'`` (statistics of the attacked batch,
-  running statistics not updated). The official ARD, IAD and KDIGA code runs
-  its attack with the network in train mode, which also *updates* the running
-  statistics at every attack step; ``'batch'`` reproduces its forward and
-  gradients but not those extra running-statistic updates (an approximation).
+  ``bn_mode`` is the student's batch-norm mode during the attack
+  (:class:`InnerStudent`):
+
+  * ``'eval'``: running statistics, nothing updated (PyTorch ``net.eval()``;
+    the TRADES, RSLAD, AdaAD, MTARD, DARHT and IGDM code);
+  * ``'train'``: PyTorch ``net.train()`` exactly: every attack forward
+    normalises with the attacked batch's statistics **and** updates the
+    running statistics, in order, before the outer loss's own forwards (the
+    official ARD, IAD and KDIGA code, methods.md erratum E2);
+  * ``'batch'``: the attacked batch's statistics, running statistics left
+    untouched (the forwards and gradients of ``'train'`` without its
+    running-statistic updates; kept for comparison).
   """
   eps: float = 8 / 255
   step_size: float = 2 / 255
@@ -65,12 +70,16 @@ class InnerAttack:
       raise ValueError(f"Unknown attack bn_mode {self.bn_mode!r}; valid: {BN_MODES}.")
 
   def __call__(self, objective: Callable[[Array], Array], x: Array,
-               key: Array) -> Array:
-    """Maximise the per-example ``objective`` around ``x``; returns the last iterate."""
+               key: Array, stateful=None) -> Array:
+    """Maximise the per-example ``objective`` around ``x``; returns the last iterate.
+
+    ``stateful``: the :class:`InnerStudent` the objective calls, so that a
+    ``'train'``-mode attack threads its batch statistics.
+    """
     return pgd_lib.pgd_inner(objective, x, key, eps=self.eps,
                              step_size=self.step_size, steps=self.steps,
                              norm=self.norm, init=self.init,
-                             unroll=self.unroll)
+                             unroll=self.unroll, stateful=stateful)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +97,7 @@ class Ctx:
   epoch: Array
   num_epochs: int
   num_classes: int
-  student_inner: LogitsFn  # the student as the inner attack sees it (attack.bn_mode)
+  student_inner: LogitsFn  # InnerStudent: the student as the inner attack sees it (attack.bn_mode)
   teachers: tuple[LogitsFn, ...] = ()
 
   def teacher(self, i: int = 0) -> LogitsFn:
@@ -97,6 +106,53 @@ class Ctx:
   def sub_key(self, name: str) -> Array:
     """A key derived from the step key for one named use (attack, coin, ...)."""
     return jax.random.fold_in(self.key, _stable_hash(name))
+
+
+class InnerStudent:
+  """The student as the inner attack sees it: ``student(x) -> logits`` in ``bn_mode``.
+
+  ``'eval'`` applies the running statistics; ``'batch'`` the batch's own
+  statistics without updating anything; ``'train'`` the batch's statistics
+  and replaces ``self.batch_stats`` with the updated running statistics after
+  every forward (PyTorch ``train()`` semantics). Pass the object as
+  ``stateful=`` to :func:`kdrobust.attacks.pgd_inner` so that the attack loop
+  threads those statistics through its steps; the train step then starts the
+  outer loss's forwards from ``self.batch_stats``. Models without batch norm
+  behave the same in every mode. ``student.calls`` counts forwards.
+  """
+
+  def __init__(self, apply_fn, variables, bn_mode: str = "eval", rngs=None):
+    if bn_mode not in BN_MODES:
+      raise ValueError(f"Unknown attack bn_mode {bn_mode!r}; valid: {BN_MODES}.")
+    self.apply_fn = apply_fn
+    self.params = variables["params"]
+    self.batch_stats = variables.get("batch_stats") or {}
+    self.bn_mode = bn_mode
+    self.rngs = rngs
+    self.calls = 0
+
+  @property
+  def threads_state(self) -> bool:
+    """Whether forwards update ``batch_stats`` (``'train'`` mode with batch norm)."""
+    return self.bn_mode == "train" and bool(self.batch_stats)
+
+  def __call__(self, x: Array) -> Array:
+    variables = {"params": self.params}
+    if self.batch_stats:
+      variables["batch_stats"] = self.batch_stats
+    rngs = None
+    if self.rngs is not None:
+      rngs = {"dropout": jax.random.fold_in(self.rngs, self.calls)}
+    self.calls += 1
+    if self.bn_mode == "eval":
+      return self.apply_fn(variables, x, train=False)
+    if not self.batch_stats:
+      return self.apply_fn(variables, x, train=True, rngs=rngs)
+    logits, updates = self.apply_fn(variables, x, train=True, mutable=["batch_stats"],
+                                    rngs=rngs)
+    if self.bn_mode == "train":
+      self.batch_stats = updates["batch_stats"]
+    return logits
 
 
 class TrainForward:

@@ -145,6 +145,10 @@ class DARHT(Method):
   kd_loss: str = "kl"
 
   def __post_init__(self):
+    if self.attack.bn_mode == "train":
+      raise ValueError("DARHT: attack.bn_mode='train' is not supported (its coin-flipped attack "
+                       "runs inside lax.cond); the official code attacks in eval mode. "
+                       "Valid: 'eval', 'batch'.")
     if self.kd_loss not in KD_LOSSES:
       raise ValueError(f"Unknown DARHT kd_loss {self.kd_loss!r}; valid: {', '.join(KD_LOSSES)}.")
 

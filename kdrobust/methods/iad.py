@@ -115,7 +115,7 @@ class IAD(Method):
 
   def perturb(self, ctx):
     return ce_inner(ctx.student_inner, ctx.x, ctx.y, ctx.sub_key("attack"),
-                    **attack_kwargs(self.attack))
+                    stateful=ctx.student_inner, **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):
     active = iad_active(ctx.epoch, self.begin)

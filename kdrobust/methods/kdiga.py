@@ -183,7 +183,7 @@ class KDIGAArd(Method):
 
   def perturb(self, ctx):
     return ce_inner(ctx.student_inner, ctx.x, ctx.y, ctx.sub_key("attack"),
-                    **attack_kwargs(self.attack))
+                    stateful=ctx.student_inner, **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):
     teacher = ctx.teacher(0)

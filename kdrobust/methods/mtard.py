@@ -103,7 +103,7 @@ class MTARD(Method):
 
   def perturb(self, ctx):
     return ce_inner(ctx.student_inner, ctx.x, ctx.y, ctx.sub_key("attack"),
-                    **attack_kwargs(self.attack))
+                    stateful=ctx.student_inner, **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):
     s_adv = student(x_adv)

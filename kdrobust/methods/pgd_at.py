@@ -24,7 +24,7 @@ class PgdAT(Method):
 
   def perturb(self, ctx):
     return self.attack(lambda u: losses.xent(ctx.student_inner(u), ctx.y),
-                       ctx.x, ctx.sub_key("attack"))
+                       ctx.x, ctx.sub_key("attack"), stateful=ctx.student_inner)
 
   def loss(self, ctx, student, x_adv, state):
     logits = student(x_adv)

@@ -17,17 +17,18 @@ Array = jax.Array
 
 def rslad_inner(student_fn, teacher_clean_logits: Array, x: Array, key: Array, *,
                 eps=8 / 255, step_size=2 / 255, steps: int = 10,
-                init: str = "gaussian", norm: str = "linf", unroll: int = 1
-                ) -> Array:
+                init: str = "gaussian", norm: str = "linf", unroll: int = 1,
+                stateful=None) -> Array:
   """``x' = PGD(sum_i KL(p_T(x_i) || p_S(x'_i)), x; eps, step, K, gaussian start)``.
 
   The teacher's clean soft label is a fixed target (stop-gradient);
-  ``student_fn`` must be per-example (inference-mode batch norm).
+  ``student_fn`` must be per-example (inference-mode batch norm), unless
+  ``stateful=student_fn`` is a train-mode :class:`~kdrobust.methods.InnerStudent`.
   """
   t = sg(teacher_clean_logits)
   return attacks_lib.pgd_inner(lambda u: losses.kl(student_fn(u), t), x, key,
                                eps=eps, step_size=step_size, steps=steps,
-                               norm=norm, init=init, unroll=unroll)
+                               norm=norm, init=init, unroll=unroll, stateful=stateful)
 
 
 def rslad_loss(student_adv_logits: Array, student_clean_logits: Array,
@@ -83,7 +84,7 @@ class RSLAD(Method):
   def perturb(self, ctx):
     t = ctx.teacher(0)(ctx.x)
     return rslad_inner(ctx.student_inner, t, ctx.x, ctx.sub_key("attack"),
-                       **attack_kwargs(self.attack))
+                       stateful=ctx.student_inner, **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):
     s_adv = student(x_adv)

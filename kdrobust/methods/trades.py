@@ -35,7 +35,7 @@ class Trades(Method):
   def perturb(self, ctx):
     clean = sg(ctx.student_inner(ctx.x))
     return self.attack(lambda u: losses.kl(ctx.student_inner(u), clean),
-                       ctx.x, ctx.sub_key("attack"))
+                       ctx.x, ctx.sub_key("attack"), stateful=ctx.student_inner)
 
   def loss(self, ctx, student, x_adv, state):
     logits = student(ctx.x)

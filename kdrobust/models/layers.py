@@ -39,7 +39,7 @@ class Normalize(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(x, jnp.promote_types(jnp.asarray(x).dtype, jnp.float32))
     if self.mean is not None:
       x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
     return x.astype(compute_dtype(self.dtype))
@@ -138,7 +138,7 @@ def conv(features: int, kernel: int, stride: int = 1, padding: Any = None,
 
 def classifier_head(module: nn.Module, features, num_classes: int,
                     head_slots: int = 0, dtype: Any = jnp.float32):
-  """The classifier head shared by every backbone; returns float32 logits.
+  """The classifier head shared by every backbone; returns float32 logits (float64 stays).
 
   Must be called from inside ``module``'s ``@nn.compact`` method (the Dense
   layers become children of ``module``). With ``head_slots == 0`` it is
@@ -152,10 +152,14 @@ def classifier_head(module: nn.Module, features, num_classes: int,
   if head_slots:
     z = nn.Dense(head_slots * num_classes, dtype=dtype, name="slots")(features)
     module.sow("intermediates", "teacher_slots",
-               z.reshape(z.shape[0], head_slots, num_classes).astype(jnp.float32))
+               _at_least_f32(z.reshape(z.shape[0], head_slots, num_classes)))
     features = z
   logits = nn.Dense(num_classes, dtype=dtype, name="head")(features)
-  return logits.astype(jnp.float32)
+  return _at_least_f32(logits)
+
+
+def _at_least_f32(x):
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def global_avg_pool(x):
