@@ -33,6 +33,9 @@ Random starts (``init``):
   ``[C:ARD@779ade3:main.py:71]`` (L2: the ``'uniform'`` draw without the clip).
 * ``'gaussian'``: ``x + 0.001 * N(0, I)``, not clipped before the first step
   (TRADES, RSLAD, AdaAD, MTARD, DARHT).
+* ``'gaussian_clamped'``: ``clip_[0,1](x + 0.001 * N(0, I))``, the start of
+  AdaAD's ``Madry_PGD`` (PGD-AT ``Plain_Madry``,
+  ``[C:AdaAD@9e5c6e5:AT_helper.py:65-69]``, methods.md erratum E11).
 * ``'none'``: start at ``x``.
 
 Stateful (train-mode) attacks: the official ARD, IAD and KDIGA codes attack
@@ -40,8 +43,9 @@ with the student in PyTorch's ``train()`` mode, so every attack forward
 normalises with the attacked batch's statistics *and* updates the running
 statistics. :func:`maximize` and :func:`pgd_inner` reproduce this when given
 ``stateful``: an object with a ``batch_stats`` attribute that the objective's
-forwards read and replace (:class:`kdrobust.methods.base.InnerStudent` in
-``'train'`` mode). The statistics are carried through the loop, one update per
+forwards read and replace, and a true ``threads_state`` attribute
+(:class:`kdrobust.methods.base.InnerStudent` in ``'train'`` mode; anything
+else, e.g. a plain function, is ignored). The statistics are carried through the loop, one update per
 forward in order, and left in ``stateful.batch_stats`` at the end.
 """
 
@@ -59,10 +63,10 @@ Array = jax.Array
 Objective = Callable[[Array], Array]
 LogitsFn = Callable[[Array], Array]
 Norm = Literal["linf", "l2"]
-Init = Literal["uniform", "uniform_unclipped", "gaussian", "none"]
+Init = Literal["uniform", "uniform_unclipped", "gaussian", "gaussian_clamped", "none"]
 
 NORMS = ("linf", "l2")
-INITS = ("uniform", "uniform_unclipped", "gaussian", "none")
+INITS = ("uniform", "uniform_unclipped", "gaussian", "gaussian_clamped", "none")
 PGD_LOSSES = ("ce", "cw", "dlr")
 
 
@@ -121,14 +125,16 @@ def random_init(key: Array, x: Array, eps, *, norm: Norm = "linf",
   """The random start of a PGD run (see the module docstring).
 
   ``noise`` replaces the random draw (tests inject PyTorch's): ``U[-1, 1]``
-  values for the L-inf uniform starts, ``N(0, I)`` values for ``'gaussian'``.
+  values for the L-inf uniform starts, ``N(0, I)`` values for ``'gaussian'``
+  and ``'gaussian_clamped'``.
   """
   _check(norm, init)
   if init == "none":
     return x
-  if init == "gaussian":
+  if init in ("gaussian", "gaussian_clamped"):
     n = jax.random.normal(key, x.shape, x.dtype) if noise is None else noise
-    return x + 0.001 * n
+    x0 = x + 0.001 * n
+    return x0 if init == "gaussian" else jnp.clip(x0, bounds[0], bounds[1])
   clip = ((lambda v: v) if init == "uniform_unclipped"
           else (lambda v: jnp.clip(v, bounds[0], bounds[1])))
   if norm == "linf":
@@ -155,7 +161,7 @@ def maximize(objective: Objective, x: Array, x_init: Array, *, eps, step_size,
   threads batch-norm statistics through the steps: step ``k`` runs its
   forwards on the statistics left by step ``k - 1``.
   """
-  if stateful is not None and getattr(stateful, "threads_state", True):
+  if stateful is not None and getattr(stateful, "threads_state", False):
     return _maximize_stateful(objective, x, x_init, eps=eps, step_size=step_size,
                               steps=steps, norm=norm, bounds=bounds, unroll=unroll,
                               stateful=stateful)
