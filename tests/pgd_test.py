@@ -17,7 +17,8 @@ def _linear(key, d=12, c=4):
 
 
 @pytest.mark.parametrize("norm,init", [("linf", "uniform"), ("linf", "gaussian"),
-                                       ("l2", "uniform"), ("linf", "none")])
+                                       ("l2", "uniform"), ("linf", "none"),
+                                       ("linf", "uniform_unclipped")])
 def test_inner_attack_stays_in_ball_and_box(norm, init):
   kx, kw = jax.random.split(jax.random.PRNGKey(0))
   x = jax.random.uniform(kx, (16, 2, 2, 3))
@@ -103,3 +104,41 @@ def test_unknown_norm_and_loss_are_refused():
     pgd_lib.pgd(f, x, y, 0, eps=0.1, step_size=0.1, steps=1, norm="l7")
   with pytest.raises(ValueError, match="valid"):
     pgd_lib.pgd(f, x, y, 0, eps=0.1, step_size=0.1, steps=1, loss="hinge")
+
+
+def test_unclipped_uniform_start_leaves_the_box_and_the_clipped_one_does_not():
+  """ARD's official start is x + U[-eps, eps] with no clamp (methods.md E2 context)."""
+  x = jnp.concatenate([jnp.zeros((64, 2, 2, 3)), jnp.ones((64, 2, 2, 3))])
+  key = jax.random.PRNGKey(3)
+  raw = pgd_lib.random_init(key, x, EPS, init="uniform_unclipped")
+  clipped = pgd_lib.random_init(key, x, EPS, init="uniform")
+  assert float(raw.min()) < -EPS / 2 and float(raw.max()) > 1 + EPS / 2
+  assert float(jnp.abs(raw - x).max()) <= EPS + 1e-7
+  np.testing.assert_array_equal(np.asarray(clipped), np.clip(np.asarray(raw), 0, 1))
+
+
+class _Counter:
+  """A stateful objective holder: ``batch_stats`` counts forwards (a stand-in for BN statistics)."""
+  threads_state = True
+
+  def __init__(self):
+    self.batch_stats = {"n": jnp.zeros((), jnp.int32)}
+
+  def __call__(self, u):
+    self.batch_stats = {"n": self.batch_stats["n"] + 1}
+    return jnp.sum(u.reshape(u.shape[0], -1), -1)
+
+
+@pytest.mark.parametrize("unroll", [1, 3])
+def test_stateful_attack_threads_state_through_every_step(unroll):
+  """With ``stateful``, each of the K steps sees the state the previous forward left."""
+  s = _Counter()
+  x = jnp.full((2, 2, 2, 3), 0.5)
+  xa = jax.jit(lambda x: (pgd_lib.pgd_inner(s, x, jax.random.PRNGKey(0), eps=EPS,
+                                            step_size=EPS / 4, steps=5, init="none",
+                                            stateful=s, unroll=unroll), s.batch_stats))(x)
+  assert int(xa[1]["n"]) == 5
+  np.testing.assert_allclose(np.asarray(xa[0]), 0.5 + EPS, rtol=1e-6)  # 5 steps of eps/4, projected
+  # A plain function as ``stateful`` is ignored (no state to thread).
+  pgd_lib.pgd_inner(lambda u: jnp.sum(u, (1, 2, 3)), x, jax.random.PRNGKey(0), eps=EPS,
+                    step_size=EPS / 4, steps=2, init="none", stateful=lambda u: u)
