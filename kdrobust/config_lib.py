@@ -61,8 +61,8 @@ def method_config(name: str, *, igdm_alpha: float = 0.0, **overrides: Any
 
 
 def teacher_config(path: str = "", *, model: str = "", num_classes: int = 0,
-                   dtype: str = "float32", which: str = "best", **model_kw: Any
-                   ) -> mlc.ConfigDict:
+                   dtype: str = "float32", which: str = "best", class_names: str = "",
+                   **model_kw: Any) -> mlc.ConfigDict:
   """One entry of ``config.teachers``.
 
   ``path`` is a kdrobust run directory (its best or latest checkpoint), a
@@ -71,9 +71,13 @@ def teacher_config(path: str = "", *, model: str = "", num_classes: int = 0,
   and ``model_kw`` its keyword arguments). ``which`` picks a run's checkpoint:
   ``'best'`` (by robust accuracy), ``'latest'`` or a step number as a string.
   ``dtype='bfloat16'`` runs the frozen teacher in bf16 (a free speed-up).
+  ``class_names`` (a text file, one name per line, in the teacher's label
+  order) lets the run refuse a ``.pt`` teacher whose class order differs from
+  the dataset's (runs and converted teachers record their own).
   """
   return mlc.ConfigDict({"path": path, "model": model, "num_classes": num_classes,
-                         "dtype": dtype, "which": which, "kwargs": dict(model_kw)})
+                         "dtype": dtype, "which": which, "class_names": class_names,
+                         "kwargs": dict(model_kw)})
 
 
 def base_config() -> mlc.ConfigDict:
@@ -100,10 +104,18 @@ def base_config() -> mlc.ConfigDict:
   # methods (MTARD: adversarial then natural; DARHT) see them in sorted name order.
   c.teachers = mlc.ConfigDict()
   c.teacher_eval_examples = 512  # clean + PGD-20 check of each teacher; 0 = off
+  # Learning rate by 0-indexed epoch (kdrobust.train.make_schedule), then an
+  # optional linear warm-up from 0 over warmup_epochs:
+  # 'piecewise': lr x decay_factor^(number of decay_epochs <= epoch);
+  # 'table': lr x lr_factors[i] for lr_epochs[i] <= epoch < lr_epochs[i + 1]
+  #   (lr_epochs increasing from 0; any schedule a script produces, e.g.
+  #   DARHT's lr 0 for its first epochs and its lagging decays);
+  # 'cosine': cosine decay to 0 over num_epochs; 'constant': lr.
   c.optim = mlc.ConfigDict({
       "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
-      "schedule": "piecewise",  # 'piecewise' | 'cosine' | 'constant'
-      "decay_epochs": (), "decay_factor": 0.1, "warmup_epochs": 0.0})
+      "schedule": "piecewise",  # 'piecewise' | 'table' | 'cosine' | 'constant'
+      "decay_epochs": (), "decay_factor": 0.1, "warmup_epochs": 0.0,
+      "lr_epochs": (), "lr_factors": ()})
   c.eval = mlc.ConfigDict({
       "every_epochs": 1, "num_examples": 0, "eps": 8 / 255,
       "attacks": {"pgd20": eval_attack_config("pgd", steps=20, step_fraction=0.25)}})

@@ -7,10 +7,14 @@ and never touch the network:
   features) from the *python* archives ``cifar-1{0,00}-python.tar.gz`` or
   their extracted folders;
 * ``svhn_cropped`` (3.1.0, as the catalog) from ``{train,test[,extra]}_32x32.mat``;
-* ``tiny_imagenet`` (1.0.0) from ``tiny-imagenet-200.zip`` or its folder:
-  200 classes (label = line of ``wnids.txt``), ``train`` and the labelled
-  ``validation`` split (the unlabelled ``test`` images are skipped);
-  grayscale JPEGs are converted to RGB;
+* ``tiny_imagenet`` (2.0.0) from ``tiny-imagenet-200.zip`` or its folder:
+  200 classes, label = index of the wnid in *sorted* order (torchvision
+  ``ImageFolder``'s, as the papers' teachers), the wnids stored as class
+  names; ``train`` and the labelled ``validation`` split (the unlabelled
+  ``test`` images are skipped); RGB JPEGs kept byte for byte, grayscale ones
+  converted with PIL's ``convert('RGB')`` and stored losslessly as PNG;
+* ``tiny_imagenet_wnids`` (2.0.0): the same with labels in ``wnids.txt``
+  line order (what ``tiny_imagenet`` 1.0.0 had);
 * ``digits`` (1.0.0): scikit-learn's bundled 8x8 digits, a stratified
   1,437 / 360 train/test split with ``random_state=0``. Pixel values
   v in 0..16 are stored as uint8 ``u = round(v * 255 / 16)`` (0 -> 0,
@@ -36,6 +40,7 @@ import tensorflow_datasets as tfds
 
 DIGITS_NUM_TEST = 360
 DIGITS_SPLIT_SEED = 0
+TINY_IMAGENET_NUM_CLASSES = 200
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -264,40 +269,107 @@ def _tiny_reader(source: str):
   return names, lambda name: zf.read(prefix + name)
 
 
-def _rgb_jpeg_or_image(data: bytes):
-  """The JPEG bytes as they are if RGB, else a PIL image converted to RGB."""
+CLASS_ORDERS = ("sorted", "wnids")
+
+
+def tiny_class_names(wnids: list[str], class_order: str) -> list[str]:
+  """The wnids in label order: ``sorted`` (ImageFolder's) or as in wnids.txt.
+
+  ``sorted`` is the order ``torchvision.datasets.ImageFolder`` gives (its
+  ``find_classes`` sorts the folder names with Python's ``sorted``), which is
+  what the papers' Tiny ImageNet teachers were trained with; ``wnids`` keeps
+  the line order of ``wnids.txt`` (kdrobust's tiny_imagenet 1.0.0).
+  """
+  if class_order not in CLASS_ORDERS:
+    raise ValueError(f"Unknown Tiny ImageNet class order {class_order!r}; valid: "
+                     f"{', '.join(CLASS_ORDERS)}.")
+  if len(set(wnids)) != len(wnids) or len(wnids) != TINY_IMAGENET_NUM_CLASSES:
+    raise ValueError(f"wnids.txt lists {len(wnids)} wnids ({len(set(wnids))} distinct); "
+                     f"Tiny ImageNet has {TINY_IMAGENET_NUM_CLASSES} distinct ones.")
+  return sorted(wnids) if class_order == "sorted" else list(wnids)
+
+
+def _lossless_rgb(data: bytes) -> bytes:
+  """RGB image bytes whose PIL decoding is exactly ``Image.open(data).convert('RGB')``.
+
+  RGB JPEGs are kept as they are (no re-encoding: decoding them gives the
+  pixels torchvision's ``pil_loader`` gives). Anything else (the 1.8 %
+  grayscale JPEGs of Tiny ImageNet, or CMYK) is converted with PIL's
+  ``convert('RGB')`` and stored as PNG, losslessly. (kdrobust 1.0.0 stored
+  them as JPEG at quality 75: up to 17 levels off.)
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   img = Image.open(io.BytesIO(data))
-  return data if img.mode == "RGB" and img.format == "JPEG" else img.convert("RGB")
+  if img.mode == "RGB" and img.format == "JPEG":
+    return data
+  buf = io.BytesIO()
+  img.convert("RGB").save(buf, format="PNG")
+  return buf.getvalue()
 
 
 class TinyImagenet(_OfflineBuilder, skip_registration=True):
-  """Tiny ImageNet (200 classes, 64x64): train and labelled validation."""
+  """Tiny ImageNet (200 classes, 64x64): train and labelled validation.
+
+  Labels index the wnids in sorted order (``CLASS_ORDER='sorted'``), as
+  torchvision's ``ImageFolder`` numbers them; the wnids are stored as the
+  label's ClassLabel names (``label.labels.txt``), so a teacher that records
+  another class order is refused (:func:`kdrobust.teachers.check_compatible`).
+  Images: RGB JPEGs byte for byte, the rest PNG of PIL's ``convert('RGB')``.
+  """
   name = "tiny_imagenet"
-  VERSION = tfds.core.Version("1.0.0")
+  CLASS_ORDER = "sorted"
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "2.0.0": "Labels follow the sorted wnids (torchvision ImageFolder's order); "
+               "class names stored; grayscale images stored losslessly (PNG).",
+      "1.0.0": "Labels in wnids.txt order; grayscale images re-encoded as JPEG q75.",
+  }
+
+  def __init__(self, *, source: str | None = None, **kwargs):
+    # Read wnids.txt first: the class names go into the features.
+    self._names = None
+    if source:
+      if not os.path.exists(source):
+        raise FileNotFoundError(f"--source {source} does not exist.")
+      self._reader = _tiny_reader(source)
+      wnids = self._reader[1]("wnids.txt").decode().split()
+      self._names = tiny_class_names(wnids, self.CLASS_ORDER)
+    super().__init__(source=source, **kwargs)
 
   def _info(self):
+    label = (tfds.features.ClassLabel(names=self._names) if self._names
+             else tfds.features.ClassLabel(num_classes=TINY_IMAGENET_NUM_CLASSES))
     return tfds.core.DatasetInfo(
         builder=self,
         features=tfds.features.FeaturesDict({
             "id": tfds.features.Text(),
-            "image": tfds.features.Image(shape=(64, 64, 3), encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(num_classes=200)}),
+            # 'png' only names how arrays would be encoded: we pass bytes, RGB
+            # JPEGs as they are and the converted images as PNG.
+            "image": tfds.features.Image(shape=(64, 64, 3), encoding_format="png"),
+            "label": label}),
         supervised_keys=("image", "label"),
-        homepage="http://cs231n.stanford.edu/tiny-imagenet-200.zip")
+        homepage="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+        description=f"Tiny ImageNet prepared offline by kdrobust; labels in "
+                    f"{self.CLASS_ORDER} wnid order.")
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    if not self._source or not os.path.exists(self._source):
-      raise FileNotFoundError(f"--source {self._source} does not exist.")
-    names, read = _tiny_reader(self._source)
-    wnids = read("wnids.txt").decode().split()
-    index = {w: i for i, w in enumerate(wnids)}
-    train = sorted((n, index[n.split("/")[1]]) for n in names
+    if not self._names:
+      raise FileNotFoundError("Tiny ImageNet needs --source (tiny-imagenet-200.zip "
+                              "or its folder).")
+    names, read = self._reader
+    index = {w: i for i, w in enumerate(self._names)}
+
+    def label(wnid, where):
+      if wnid not in index:
+        raise ValueError(f"{where}: wnid {wnid!r} is not in wnids.txt.")
+      return index[wnid]
+    train = sorted((n, label(n.split("/")[1], n)) for n in names
                    if n.startswith("train/") and "/images/" in n
                    and n.lower().endswith(".jpeg"))
     ann = read("val/val_annotations.txt").decode().splitlines()
-    val = sorted((f"val/images/{line.split()[0]}", index[line.split()[1]])
+    val = sorted((f"val/images/{line.split()[0]}",
+                  label(line.split()[1], "val/val_annotations.txt"))
                  for line in ann if line.strip())
     return {"train": self._generate_examples(self._examples(train, read)),
             "validation": self._generate_examples(self._examples(val, read))}
@@ -305,8 +377,13 @@ class TinyImagenet(_OfflineBuilder, skip_registration=True):
   def _examples(self, items, read):
     for name, label in items:
       key = name.rsplit("/", 1)[-1]
-      yield key, {"id": key, "image": _rgb_jpeg_or_image(read(name)),
-                  "label": label}
+      yield key, {"id": key, "image": _lossless_rgb(read(name)), "label": label}
+
+
+class TinyImagenetWnids(TinyImagenet, skip_registration=True):
+  """Tiny ImageNet with labels in ``wnids.txt`` line order (kdrobust 1.0.0's)."""
+  name = "tiny_imagenet_wnids"
+  CLASS_ORDER = "wnids"
 
 
 def digits_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -355,7 +432,8 @@ class Digits(_OfflineBuilder, skip_registration=True):
                                  "label": int(y[i])}
 
 
-BUILDERS = {b.name: b for b in (Cifar10, Cifar100, SvhnCropped, TinyImagenet, Digits)}
+BUILDERS = {b.name: b for b in (Cifar10, Cifar100, SvhnCropped, TinyImagenet,
+                                TinyImagenetWnids, Digits)}
 
 
 def prepare(name: str, source: str | None, data_dir: str) -> str:

@@ -32,6 +32,10 @@ class DatasetInfo:
   num_test: int
   train_split: str
   test_split: str
+  # The label names in label order (the prepared ClassLabel's names), or None
+  # where the dataset records none. Metadata: left out of == and repr.
+  class_names: tuple[str, ...] | None = dataclasses.field(
+      default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,8 @@ class Spec:
       (255: plain u / 255; 16 for digits, stored as round(v * 255 / 16)).
     source_hint: what ``--source`` takes, or None if no source is needed.
     needs_tf: preparing goes through the TFDS catalog builder (TensorFlow).
+    min_version: older prepared versions are refused (their labels or
+      pixels differ), with the reason ``stale_reason``.
   """
   name: str
   num_classes: int
@@ -66,7 +72,12 @@ class Spec:
   levels: int = 255
   source_hint: str | None = None
   needs_tf: bool = False
+  min_version: str | None = None
+  stale_reason: str = ""
 
+
+_TINY_STALE = ("labels in wnids.txt order, no class names, grayscale images "
+               "re-encoded as lossy JPEG")
 
 SPECS: dict[str, Spec] = {
     s.name: s for s in [
@@ -83,8 +94,14 @@ SPECS: dict[str, Spec] = {
              "5.1.0", False, "inception_crop_flip", "resize_center_crop",
              source_hint="/path/to/folder_with_ILSVRC2012_img_train.tar_and_val.tar",
              needs_tf=True),
+        # Labels = sorted wnids (torchvision ImageFolder's order).
         Spec("tiny_imagenet", 200, (64, 64, 3), "train", "validation",
-             "1.0.0", True, "pad_crop_flip",
+             "2.0.0", True, "pad_crop_flip",
+             source_hint="/path/to/tiny-imagenet-200.zip",
+             min_version="2.0.0", stale_reason=_TINY_STALE),
+        # The same images, labels in wnids.txt line order.
+        Spec("tiny_imagenet_wnids", 200, (64, 64, 3), "train", "validation",
+             "2.0.0", True, "pad_crop_flip",
              source_hint="/path/to/tiny-imagenet-200.zip"),
         Spec("digits", 10, (8, 8, 1), "train", "test", "1.0.0", True, "none",
              levels=16),
@@ -170,12 +187,32 @@ def find_prepared(name: str, data_dir: str | None) -> str | None:
   return None
 
 
+def is_stale(name: str, path: str) -> bool:
+  """Whether the prepared ``<name>/<version>`` at ``path`` predates min_version."""
+  s = spec(name)
+  return bool(s.min_version) and (
+      _version_key(os.path.basename(path)) < _version_key(s.min_version))
+
+
+def read_class_names(path: str, feature: str = "label") -> tuple[str, ...] | None:
+  """The ClassLabel names TFDS stored in ``path/<feature>.labels.txt``, or None."""
+  try:
+    with open(os.path.join(path, f"{feature}.labels.txt")) as f:
+      names = tuple(n.strip() for n in f.read().split("\n") if n.strip())
+  except FileNotFoundError:
+    return None
+  return names or None
+
+
 def read_prepared(name: str, data_dir: str | None) -> dict:
-  """{'version', 'path', 'splits': {split: num_examples}} of a prepared dataset.
+  """{'version', 'path', 'splits': {split: num_examples}, 'class_names'}.
+
+  ``class_names``: the label names in label order, or None if not recorded.
 
   Raises:
-    DatasetNotFoundError: not prepared, or prepared in a format that cannot be
-      read without TensorFlow (message includes the prepare command).
+    DatasetNotFoundError: not prepared, prepared by a builder older than the
+      spec's ``min_version``, or in a format that cannot be read without
+      TensorFlow (message includes the prepare command).
   """
   path = find_prepared(name, data_dir)
   if path is None:
@@ -184,6 +221,12 @@ def read_prepared(name: str, data_dir: str | None) -> dict:
         f"Dataset {name!r} is not prepared in {d} (no {name}/<version>/"
         f"dataset_info.json there; downloads are never attempted). Prepare it "
         f"with:\n  {prepare_command(name, data_dir)}")
+  if is_stale(name, path):
+    raise DatasetNotFoundError(
+        f"Dataset {name!r} at {path} was prepared by an older kdrobust builder "
+        f"({spec(name).stale_reason}); this kdrobust reads {name} "
+        f">= {spec(name).min_version}. Prepare it again (the old folder is left "
+        f"alone; delete it when done) with:\n  {prepare_command(name, data_dir)}")
   with open(os.path.join(path, "dataset_info.json")) as f:
     meta = json.load(f)
   fmt = meta.get("fileFormat", "tfrecord")
@@ -195,7 +238,8 @@ def read_prepared(name: str, data_dir: str | None) -> dict:
         f"{prepare_command(name, data_dir)}")
   splits = {s["name"]: sum(int(n) for n in s.get("shardLengths", []))
             for s in meta.get("splits", [])}
-  return {"version": os.path.basename(path), "path": path, "splits": splits}
+  return {"version": os.path.basename(path), "path": path, "splits": splits,
+          "class_names": read_class_names(path)}
 
 
 def info(name: str, data_dir: str | None = None) -> DatasetInfo:
@@ -209,7 +253,8 @@ def info(name: str, data_dir: str | None = None) -> DatasetInfo:
   if is_synthetic(name):
     return DatasetInfo(s.name, s.num_classes, s.image_shape,
                        SYNTHETIC_NUM_TRAIN, SYNTHETIC_NUM_TEST, "train", "test")
-  splits = read_prepared(name, data_dir)["splits"]
+  prepared = read_prepared(name, data_dir)
+  splits = prepared["splits"]
   for split in (s.train_split, s.test_split):
     if split not in splits:
       raise DatasetNotFoundError(
@@ -218,4 +263,4 @@ def info(name: str, data_dir: str | None = None) -> DatasetInfo:
           f"{prepare_command(name, data_dir)}")
   return DatasetInfo(s.name, s.num_classes, s.image_shape,
                      splits[s.train_split], splits[s.test_split],
-                     s.train_split, s.test_split)
+                     s.train_split, s.test_split, prepared.get("class_names"))

@@ -4,13 +4,17 @@
   python -m kdrobust.data.prepare cifar100 --source cifar-100-python.tar.gz --data_dir D
   python -m kdrobust.data.prepare svhn_cropped --source <dir of *_32x32.mat> --data_dir D
   python -m kdrobust.data.prepare tiny_imagenet --source tiny-imagenet-200.zip --data_dir D
+  python -m kdrobust.data.prepare tiny_imagenet_wnids --source tiny-imagenet-200.zip --data_dir D
   python -m kdrobust.data.prepare digits --data_dir D          # bundled with scikit-learn
   python -m kdrobust.data.prepare cifar10 --download --data_dir D   # needs TensorFlow
   python -m kdrobust.data.prepare imagenet2012 --source <dir of ILSVRC2012 tars> --data_dir D
 
-``--source`` takes an archive or its extracted folder. ``--download`` (and
-imagenet2012) go through the TFDS catalog builders, which need TensorFlow;
-they still write ArrayRecord so training reads them without TensorFlow.
+``--source`` takes an archive or its extracted folder. ``tiny_imagenet``
+numbers the classes by sorted wnid (torchvision ``ImageFolder``'s order, the
+papers' teachers'); ``tiny_imagenet_wnids`` by ``wnids.txt`` line order.
+``--download`` (and imagenet2012) go through the TFDS catalog builders, which
+need TensorFlow; they still write ArrayRecord so training reads them without
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ def prepare(name: str, *, source: str | None, data_dir: str | None,
     raise SystemExit("Synthetic datasets are generated in memory: nothing to prepare.")
   d = catalog.resolve_data_dir(data_dir)
   done = catalog.find_prepared(name, d)
+  if done and catalog.is_stale(name, done):
+    print(f"{done} was prepared by an older kdrobust builder "
+          f"({s.stale_reason}); preparing {name} {s.version} next to it.")
+    done = None
   if done:
     try:
       i = catalog.info(name, d)
@@ -71,7 +79,7 @@ def prepare(name: str, *, source: str | None, data_dir: str | None,
     print(f"{name} is already prepared at {done} (delete it to rebuild).")
     return i
   if s.needs_tf or (download and s.source_hint and not source):
-    if name == "tiny_imagenet":
+    if name.startswith("tiny_imagenet"):
       raise SystemExit(f"Tiny ImageNet is not in the TFDS catalog: download "
                        f"{TINY_IMAGENET_URL} yourself, then\n  "
                        f"{catalog.prepare_command(name, d)}")

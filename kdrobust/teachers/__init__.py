@@ -13,13 +13,16 @@ devices. Sources (``config.teachers.<name>.path``):
   the fly (``model`` names the architecture, ``kwargs`` its options).
 
 A teacher whose number of classes or input shape does not fit the data is
-refused with a clear error before any training compute.
+refused with a clear error before any training compute, and so is one that
+records its class names in another order than the dataset's
+(:func:`check_compatible`; a teacher that records none is not checked).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
@@ -70,13 +73,90 @@ def declared_num_classes(tc) -> int | None:
   return int(tc.num_classes) or None
 
 
+def _names(value, where: str) -> tuple[str, ...] | None:
+  """A class-name list, or the lines of the file a string names; None if empty."""
+  if not value:
+    return None
+  if isinstance(value, str):
+    if not os.path.isfile(value):
+      raise TeacherError(f"{where}: class-names file {value!r} does not exist.")
+    with open(value) as f:
+      value = [line.strip() for line in f if line.strip()]
+  return tuple(str(v) for v in value) or None
+
+
+def declared_class_names(tc) -> tuple[str, ...] | None:
+  """Class names, in label order, a teacher records (None: it records none).
+
+  * a kdrobust run: ``model.json``'s ``class_names`` (the prepared dataset's
+    ClassLabel names at training time);
+  * a converted teacher: ``teacher.json``'s ``class_names`` (``convert
+    --class_names FILE``);
+  * a ``.pt`` file: ``config.teachers.<name>.class_names`` if the entry has
+    one (a list, or a file with one name per line).
+  """
+  kind = _kind(tc.path)
+  if kind in ("run", "converted"):
+    meta = "model.json" if kind == "run" else "teacher.json"
+    with open(os.path.join(tc.path, meta)) as f:
+      return _names(json.load(f).get("class_names"), os.path.join(tc.path, meta))
+  return _names(tc.get("class_names"), f"teacher {tc.path!r}")
+
+
+def _order_kind(names) -> str:
+  return "sorted" if list(names) == sorted(names) else "not sorted"
+
+
+def check_class_order(name: str, tc, info) -> None:
+  """Refuse a teacher whose recorded class order differs from the dataset's.
+
+  Label ``k`` must mean the same class for teacher and student, else the
+  teacher's soft labels are scrambled (e.g. a Tiny ImageNet teacher trained
+  with torchvision's ``ImageFolder``, labels = sorted wnids, on data labelled
+  in ``wnids.txt`` order). Compares the names the teacher records
+  (:func:`declared_class_names`) with ``info.class_names``; skipped where
+  either records none. A run teacher trained on ``tiny_imagenet`` before the
+  dataset recorded class names (1.0.0: ``wnids.txt`` order) gets a warning.
+  """
+  want = getattr(info, "class_names", None)
+  have = declared_class_names(tc)
+  if have is None:
+    if want and _kind(tc.path) == "run":
+      with open(os.path.join(tc.path, "model.json")) as f:
+        dataset = json.load(f).get("dataset")
+      if dataset == "tiny_imagenet":
+        logging.warning(
+            "Teacher %r (%s) records no class names: if it was trained on tiny_imagenet "
+            "1.0.0 its labels follow wnids.txt order, while %r numbers the classes %s. "
+            "Use data.name='tiny_imagenet_wnids' for wnids.txt order.",
+            name, tc.path, info.name, _order_kind(want))
+    return
+  if not want or tuple(have) == tuple(want):
+    return
+  k = next((i for i, (a, b) in enumerate(zip(have, want)) if a != b), min(len(have), len(want)))
+  at = lambda names: repr(names[k]) if k < len(names) else "(none)"
+  same_set = sorted(have) == sorted(want)
+  raise TeacherError(
+      f"Teacher {name!r} ({tc.path}) records another class order than dataset {info.name!r}: "
+      f"label {k} is {at(have)} for the teacher ({_order_kind(have)}) but {at(want)} for the "
+      f"dataset ({_order_kind(want)})"
+      + ("; same classes, other order" if same_set else "; the class sets differ")
+      + ". Its soft labels would be scrambled. Use a dataset numbered in the teacher's order "
+      "(Tiny ImageNet: data.name='tiny_imagenet' = sorted wnids, torchvision ImageFolder's; "
+      "'tiny_imagenet_wnids' = wnids.txt order) or a teacher trained on this order.")
+
+
 def check_compatible(name: str, tc, info) -> None:
-  """Cheap pre-compute check of teacher ``name`` against the dataset ``info``."""
+  """Cheap pre-compute check of teacher ``name`` against the dataset ``info``.
+
+  Number of classes, then class order (:func:`check_class_order`).
+  """
   n = declared_num_classes(tc)
   if n is not None and n != info.num_classes:
     raise TeacherError(
         f"Teacher {name!r} ({tc.path}) predicts {n} classes but dataset {info.name!r} has "
         f"{info.num_classes}: a teacher must be trained on the student's label set.")
+  check_class_order(name, tc, info)
 
 
 def check_against_data(teacher: Teacher, info) -> None:

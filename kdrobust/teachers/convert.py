@@ -17,7 +17,8 @@ Usage::
   (``state_dict`` buffers, ``kwargs`` or ``none``), ``source`` (absolute input
   path), ``source_sha256``, ``layout``, ``dropped_keys`` (e.g. RobustBench's
   unused ``sub_block1``), ``num_params``, ``variables_file``,
-  ``variables_sha256`` and library versions.
+  ``variables_sha256``, library versions and, with ``--class_names``, the
+  ``class_names`` in label order (checked against the dataset's).
 
 :func:`load_converted` reads it back without torch. Only the converter needs
 torch. Mean/std: DeepMind-layout checkpoints carry them as buffers and they
@@ -86,11 +87,18 @@ def _model_kw_from_json(kw: dict) -> dict:
 
 
 def convert_file(input_path: str, output_dir: str, arch: str, num_classes: int | None,
-                 *, allow_pickle: bool = False, **model_kw) -> dict:
-  """Convert ``input_path`` and write ``output_dir``; returns the teacher.json dict."""
+                 *, allow_pickle: bool = False, class_names: Sequence[str] | None = None,
+                 **model_kw) -> dict:
+  """Convert ``input_path`` and write ``output_dir``; returns the teacher.json dict.
+
+  ``class_names`` (label order) are recorded as ``class_names`` and checked
+  against the dataset's before training (``kdrobust.teachers.check_class_order``).
+  """
   from kdrobust.teachers import torch_io  # pylint: disable=g-import-not-at-top
   sd = torch_io.load_torch_state_dict(input_path, allow_pickle=allow_pickle)
   res = torch_io.convert_state_dict(sd, arch, num_classes, **model_kw)
+  if class_names and len(class_names) != res.num_classes:
+    raise ValueError(f"{len(class_names)} class names for a {res.num_classes}-class teacher.")
   os.makedirs(output_dir, exist_ok=True)
   var_path = os.path.join(output_dir, VARIABLES_FILE)
   save_variables(res.variables, var_path)
@@ -116,6 +124,8 @@ def convert_file(input_path: str, output_dir: str, arch: str, num_classes: int |
       "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
       "versions": {"jax": jax.__version__, "flax": flax.__version__, "torch": torch_version},
   }
+  if class_names:
+    meta["class_names"] = [str(n) for n in class_names]
   with open(os.path.join(output_dir, META_FILE), "w") as f:
     json.dump(meta, f, indent=2)
   return meta
@@ -178,6 +188,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--depth", type=int, default=None, help="WRN depth (arch 'wrn').")
   p.add_argument("--width", type=int, default=None, help="WRN width (arch 'wrn').")
   p.add_argument("--model_kwargs", default=None, help="Extra model kwargs as a JSON object.")
+  p.add_argument("--class_names", default=None,
+                 help="File with the teacher's class names, one a line, in label order "
+                 "(e.g. an ImageFolder-trained Tiny ImageNet teacher: the sorted wnids).")
   p.add_argument("--allow_pickle", action="store_true",
                  help="Allow torch.load(weights_only=False) (trusted files only).")
   return p.parse_args(argv)
@@ -202,8 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     kw["mean"], kw["std"] = tuple(args.mean), tuple(args.std)
   from kdrobust.teachers import torch_io  # pylint: disable=g-import-not-at-top
   try:
+    names = None
+    if args.class_names:
+      with open(args.class_names) as f:
+        names = [line.strip() for line in f if line.strip()]
     meta = convert_file(args.input, args.output, args.arch, args.num_classes,
-                        allow_pickle=args.allow_pickle, **kw)
+                        allow_pickle=args.allow_pickle, class_names=names, **kw)
   except torch_io.ConversionError as e:
     print(f"Conversion failed: {e}", file=sys.stderr)
     return 2
