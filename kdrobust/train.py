@@ -34,6 +34,7 @@ from kdrobust import models as models_lib
 from kdrobust import parallel
 from kdrobust import teachers as teachers_lib
 from kdrobust import train_step as step_lib
+from kdrobust.models import init as init_lib
 from kdrobust.state import TrainState
 
 
@@ -60,7 +61,21 @@ def build_model(model_config, num_classes: int, dataset: str):
 
 
 def make_schedule(optim, steps_per_epoch: int, num_epochs: int):
-  """The learning-rate schedule by epoch (optax), indexed by step."""
+  """The learning-rate schedule by epoch (optax), indexed by step.
+
+  Epochs are 0-indexed and a change applies from the first step of its epoch
+  (``step = epoch * steps_per_epoch``). ``optim.schedule``:
+
+  * ``'piecewise'``: ``lr * decay_factor ** #{e in decay_epochs : e <= epoch}``;
+  * ``'table'``: ``lr * lr_factors[i]`` for ``lr_epochs[i] <= epoch <
+    lr_epochs[i + 1]`` (``lr_epochs`` strictly increasing from 0; factors may
+    be 0), any per-epoch schedule a script produces, e.g. DARHT's
+    (configs/paper_settings.py, methods.md E9);
+  * ``'cosine'``: cosine decay from ``lr`` to 0 over ``num_epochs``;
+  * ``'constant'``: ``lr``.
+
+  ``warmup_epochs > 0`` prepends a linear ramp from 0 to ``lr``.
+  """
   lr = optim.lr
   total = max(num_epochs * steps_per_epoch, 1)
   if optim.schedule == "constant":
@@ -68,14 +83,37 @@ def make_schedule(optim, steps_per_epoch: int, num_epochs: int):
   elif optim.schedule == "piecewise":
     bounds = {int(e * steps_per_epoch): optim.decay_factor for e in optim.decay_epochs}
     sched = optax.piecewise_constant_schedule(lr, bounds)
+  elif optim.schedule == "table":
+    sched = _table_schedule(lr, tuple(optim.get("lr_epochs", ())),
+                            tuple(optim.get("lr_factors", ())), steps_per_epoch)
   elif optim.schedule == "cosine":
     sched = optax.cosine_decay_schedule(lr, total)
   else:
-    raise ValueError(f"Unknown schedule {optim.schedule!r}; valid: constant, piecewise, cosine.")
+    raise ValueError(f"Unknown schedule {optim.schedule!r}; "
+                     "valid: constant, piecewise, table, cosine.")
   warm = int(optim.warmup_epochs * steps_per_epoch)
   if warm > 0:
     sched = optax.join_schedules(
         [optax.linear_schedule(0.0, lr, warm), sched], [warm])
+  return sched
+
+
+def _table_schedule(lr: float, epochs: tuple, factors: tuple, steps_per_epoch: int):
+  """``schedule='table'``: ``lr * factors[i]`` from epoch ``epochs[i]`` on (checked)."""
+  if not epochs or len(epochs) != len(factors):
+    raise ValueError("schedule='table' needs optim.lr_epochs and optim.lr_factors of the same "
+                     f"non-zero length; got {len(epochs)} epochs and {len(factors)} factors.")
+  if epochs[0] != 0 or any(b <= a for a, b in zip(epochs, epochs[1:])):
+    raise ValueError(f"optim.lr_epochs must increase strictly from 0; got {list(epochs)}.")
+  if any(f < 0 for f in factors):
+    raise ValueError(f"optim.lr_factors must be >= 0; got {list(factors)}.")
+  starts = jnp.asarray([int(e * steps_per_epoch) for e in epochs], jnp.int32)
+  values = jnp.asarray([lr * f for f in factors], jnp.float32)
+
+  def sched(count):
+    i = jnp.searchsorted(starts, jnp.asarray(count, jnp.int32), side="right") - 1
+    return values[jnp.clip(i, 0, len(factors) - 1)]
+
   return sched
 
 
@@ -91,13 +129,21 @@ def make_optimizer(optim, schedule) -> optax.GradientTransformation:
       optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov))
 
 
-def create_state(model, tx, method, num_classes: int, image_shape, seed: int
-                 ) -> TrainState:
-  """A fresh train state (call under ``jax.jit`` to place it on devices)."""
+def create_state(model, tx, method, num_classes: int, image_shape, seed: int,
+                 init: str = "flax") -> TrainState:
+  """A fresh train state (call under ``jax.jit`` to place it on devices).
+
+  ``init`` is ``config.model.init``: ``'flax'`` keeps Flax's initialisers,
+  ``'torch'`` re-draws the parameters as ``torch.nn`` does
+  (:func:`kdrobust.models.init.torch_default_init`, methods.md E12) from a key
+  derived from ``seed``.
+  """
   x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   variables = model.init({"params": jax.random.PRNGKey(seed),
                           "dropout": jax.random.PRNGKey(seed + 1)}, x, train=False)
-  return TrainState.create(variables["params"], variables.get("batch_stats", {}),
+  params = init_lib.apply_init(init, variables["params"],
+                               jax.random.fold_in(jax.random.PRNGKey(seed), 0x7E12))
+  return TrainState.create(params, variables.get("batch_stats", {}),
                            tx, method.init_state(num_classes))
 
 
@@ -156,6 +202,7 @@ def validate(config) -> tuple[Any, Any]:
   if config.model.name not in models_lib.available():
     raise ValueError(f"Unknown model {config.model.name!r}; valid models: "
                      f"{', '.join(models_lib.available())}.")
+  init_lib.check_init(config.model.get("init", "flax"))
   try:
     info = data_lib.info(config.data.name, config.data.data_dir or None)
   except data_lib.DatasetNotFoundError:
@@ -249,8 +296,13 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
       json.dump(config_dict, f, indent=2, default=list)
     with open(os.path.join(workdir, "model.json"), "w") as f:  # read by teacher loading
       json.dump({"model": config.model.to_dict(), "num_classes": info.num_classes,
-                 "image_shape": list(info.image_shape), "dataset": config.data.name},
+                 "image_shape": list(info.image_shape), "dataset": config.data.name,
+                 # label order, checked when this run is used as a teacher
+                 "class_names": list(info.class_names) if info.class_names else None},
                 f, indent=2, default=list)
+    # recipe.md: the card of `python -m kdrobust.recipe`, regenerated at every start.
+    from kdrobust import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
+    recipe_lib.write_card(workdir, config)
 
   # -- Mesh, data geometry, schedule. -----------------------------------------
   mesh = parallel.make_mesh(config.num_devices or None)
@@ -266,7 +318,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
   model = build_model(config.model, info.num_classes, config.data.name)
   rep = parallel.replicated(mesh)
   state = jax.jit(lambda: create_state(model, tx, method, info.num_classes,
-                                       info.image_shape, config.seed),
+                                       info.image_shape, config.seed,
+                                       init=config.model.get("init", "flax")),
                   out_shardings=rep)()
 
   # -- Teachers: frozen, replicated, checked. ---------------------------------
