@@ -123,4 +123,4 @@ def test_inner_attack_bn_mode_is_configurable():
              zip(jax.tree.leaves(params["eval"]), jax.tree.leaves(params["batch"])))
   assert diff > 0  # the attack saw different statistics
   with pytest.raises(ValueError, match="bn_mode"):
-    methods.make("pgd_at", attack={"bn_mode": "train"})
+    methods.make("pgd_at", attack={"bn_mode": "training"})

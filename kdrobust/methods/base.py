@@ -40,8 +40,11 @@ BN_MODES = ("eval", "batch", "train")
 class InnerAttack:
   """Settings of the inner PGD (the paper defaults differ per method).
 
-  ``init``: ``'uniform'`` (clip(x + U[-eps, eps])) or ``'gaussian'``
-  (x + 0.001 N(0, I), TRADES-style) or ``'none'``; ``unroll`` is passed to
+  ``init``: the start (:func:`kdrobust.attacks.projected.random_init`):
+  ``'uniform'`` (clip(x + U[-eps, eps])), ``'uniform_unclipped'`` (x + U, the
+  official ARD/IAD/KDIGA start), ``'gaussian'`` (x + 0.001 N(0, I),
+  TRADES-style), ``'gaussian_clamped'`` (clip(x + 0.001 N), AdaAD's
+  ``Plain_Madry``) or ``'none'``; ``unroll`` is passed to
   ``lax.fori_loop`` (unrolling is faster on XLA:CPU, see environment.md).
 
   ``bn_mode`` is the student's batch-norm mode during the attack

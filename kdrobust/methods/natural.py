@@ -12,7 +12,13 @@ from kdrobust.methods.base import LossOut, Method
 @register
 @dataclasses.dataclass(frozen=True)
 class Natural(Method):
-  """``L = (1/B) sum_i CE(S(x_i), y_i)``, student in train mode; no attack."""
+  """``L = (1/B) sum_i CE(S(x_i), y_i)``, student in train mode; no attack.
+
+  The standard step, as AdaAD's ``Plain_Clean`` runs it
+  ``[C:AdaAD@9e5c6e5:main.py:291,302-305,386-387]``: ``net.train()``, one
+  forward ``S(x)`` (one running-statistic update), ``nn.CrossEntropyLoss()``
+  (mean over the batch), SGD with momentum and coupled weight decay.
+  """
   name = "natural"
 
   def loss(self, ctx, student, x_adv, state):
