@@ -8,22 +8,35 @@ TFDS directory ``~/tensorflow_datasets``):
 
     python -m kdrobust.data.prepare cifar10 --source cifar-10-python.tar.gz --data_dir DIR
 
-Recipe (methods.md sections 2, 3.2; AdaAD repo ``Plain_Madry``): SGD lr 0.1,
-momentum 0.9, coupled L2 weight decay 5e-4, batch 128, 110 epochs, lr x0.1 at
-epochs 100 and 105; pad-4 crop + flip; inner PGD-10, eps 8/255, step 2/255,
-uniform random start, student in inference mode during the attack; outer CE on
-the adversarial batch in train mode. Evaluation: PGD-20 (step 2/255, uniform
-start) on the test set every 5 epochs; the best checkpoint by PGD-20 is kept.
-Inputs are raw [0,1] pixels (no mean/std), as in the official codes.
-Target (IGDM Tab. 3, ResNet-18): clean 84.52, PGD-20 42.80, AA 41.12.
+Args: ``protocol=official|igdm``, ``arch=<kdrobust.models name>`` (default
+``resnet18``), ``epochs=<int>`` (default: the protocol's).
+
+* ``protocol=official`` (default; methods.md sections 2, 3.2, E11): AdaAD's
+  ``Plain_Madry`` as it runs (boyellow/AdaAD main.py with its README's
+  command): SGD lr 0.1, momentum 0.9, coupled weight decay 5e-4, batch 128,
+  110 epochs, lr x0.1 at epochs 100 and 105 (0-indexed); inner PGD-10, eps
+  8/255, step 2/255 (the README; the argparse defaults are 16 and 4), from
+  clamp(x + 0.001 N(0, I), 0, 1), student in eval mode; outer CE on the
+  adversarial batch in train mode, after which the code runs one more
+  train-mode S(x) forward whose only effect is a running-statistics update.
+  The start clamp and that forward are PgdAT's ``start_clamp`` and
+  ``extra_clean_forward`` fields (the recipe card says if this kdrobust lacks
+  them).
+* ``protocol=igdm``: IGDM's PGD-AT baseline (200 epochs, x0.1 at 100 and
+  150, weight decay 2e-4, uniform start; as configs/cifar_igdm.py
+  ``base=pgd_at,igdm=0``).
+
+The student starts from PyTorch's default initialisation
+(``model.init='torch'``, E12) on raw [0, 1] pixels. Evaluation: PGD-20 (step
+2/255, uniform start) on the test set every 5 epochs; the best checkpoint by
+PGD-20 is kept. Target (IGDM Tab. 3, ResNet-18, IGDM's protocol): clean
+84.52, PGD-20 42.80, AA 41.12.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-
-from kdrobust import config_lib
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
@@ -32,7 +45,9 @@ import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,w
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, arch="resnet18", epochs=110)
-  r = dict(ps.recipe("pgd_at", "plain_madry"), epochs=a.epochs)
-  return ps.cifar_config("cifar10", a.arch, r,
-                         config_lib.method_config("pgd_at", attack=r["attack"]))
+  return ps.adversarial_training_config("pgd_at", arg)
+
+
+def arg_combinations():
+  """Every setting this file documents (the tests build each one)."""
+  return ps.arg_strings(protocol=ps.protocols("pgd_at")) + ["epochs=50"]

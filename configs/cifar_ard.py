@@ -4,65 +4,54 @@
     python -m kdrobust.main --config configs/cifar_ard.py:dataset=cifar100,teacher=bdm,igdm=1 \
         --workdir runs/c100_r18_bdm_ard_igdm
     python -m kdrobust.main --config configs/cifar_ard.py:protocol=official \
-        --workdir runs/c10_r18_ltd_ard_official
+        --workdir runs/c10_mnv2_trades_ard_official
     python -m kdrobust.evaluate --workdir runs/c10_r18_ltd_ard --checkpoint latest
+    python -m kdrobust.recipe configs/cifar_ard.py:protocol=official   # the recipe card
 
 Args: ``protocol=igdm|official``, ``dataset=cifar10|cifar100``,
-``student=resnet18|mobilenet_v2``, ``teacher=ltd|bdm|ikl`` (any adversarial
-teacher of ``paper_settings.TEACHERS`` also works), ``igdm=0|1``,
+``student=resnet18|mobilenet_v2``, ``teacher=ltd|bdm|ikl|trades|...`` (any
+adversarial teacher of ``paper_settings.TEACHERS``), ``igdm=0|1``,
 ``igdm_alpha=<float>`` (default: IGDM App. B.2), ``teacher_path=<file or
-dir>``. Defaults: IGDM protocol, CIFAR-10, ResNet-18, LTD, no IGDM.
+dir>``. Defaults: IGDM protocol, CIFAR-10, no IGDM; the student and teacher
+default to the protocol's (IGDM: ResNet-18, LTD; official: MobileNetV2,
+TRADES WRN-34-10 on CIFAR-10, LTD on CIFAR-100).
+Teacher files: ``paper_settings.TEACHERS`` (RobustBench's
+``teachers/<dataset>/Linf/<id>.pt``; needs torch) or ``teacher_path``.
 
-Teacher: ``teachers/<dataset>/Linf/<RobustBench id>.pt`` (RobustBench's own
-``model_dir='teachers'`` layout; needs torch) or ``teacher_path`` (a ``.pt``, a
-``python -m kdrobust.teachers.convert`` directory or a kdrobust run). ltd =
-Chen2021LTD_WRN34_10, bdm = Wang2023Better_WRN-28-10, ikl =
-Cui2023Decoupled_WRN-28-10 (see ``configs/paper_settings.py``).
+Loss (methods.md 3.4): inner x' = PGD(CE(S(.), y)), 10 steps in the 8/255
+ball; outer alpha tau^2 KL(p_T^tau(x) || p_S^tau(x')) + (1 - alpha) CE(S(x), y),
+the teacher on the CLEAN x, alpha = 1 (the CE term is off).
 
-Loss (methods.md 3.4): inner x' = PGD(CE(S(.), y)), 10 steps of 2/255 in the
-8/255 ball from a uniform start (student in inference mode); outer
-alpha tau^2 KL(p_T^tau(x) || p_S^tau(x')) + (1 - alpha) CE(S(x), y), the
-teacher on the CLEAN x, alpha = 1 (the CE term is off).
-
-* ``protocol=igdm`` (default; the numbers below): IGDM's re-run of ARD,
-  tau = 1, alpha = 1, KL ``batchmean`` (IAD's ARD.py and IGDM's
-  ard_cifar100.py); 200 epochs, lr 0.1 x0.1 at 100 and 150, batch 128, weight
-  decay 5e-4 (CHOICE: IGDM's paper; its code defaults to 2e-4, see
-  ``paper_settings.IGDM_WEIGHT_DECAY``). Inner step 2/255 (CHOICE: IGDM's
-  attacks.py has the typo 2/225; the paper says 2/255).
-* ``protocol=official``: goldblum/AdversariallyRobustDistillation main.py,
-  tau = 30, alpha = 1, ``elemmean`` (``nn.KLDivLoss()``); 200 epochs, x0.1 at
-  100 and 150, weight decay 2e-4, batch 128 (CIFAR-10) / 256 (CIFAR-100).
-  The official ARD teacher is not given in methods.md: LTD by default.
+* ``protocol=igdm`` (default; the numbers below): IGDM's re-run as its code
+  runs it (ICLR_IGDM/ard_cifar100.py, ard_IGDM_cifar100.py): tau = 1,
+  alpha = 1, KL ``batchmean``; 200 epochs, lr 0.1 x0.1 at 100 and 150, batch
+  128, weight decay 2e-4 (the paper text: 5e-4; methods.md E3); inner step
+  2/225, the default of the code's attacks.PGD (the paper text: 2/255), from
+  clip(x + U[-eps, eps]), student in eval mode.
+* ``protocol=official``: goldblum/AdversariallyRobustDistillation main.py as it
+  runs: tau = 30, alpha = 1, ``elemmean`` (``nn.KLDivLoss()``); lr 0.1 for
+  epochs 0-99 and 0.01 from 100 to 199 (its lr_schedule [100, 150] rebinds a
+  local copy, so the "decay at 150" sets 0.01 again: E1); weight decay 2e-4,
+  batch 128 (CIFAR-10) / 256 (CIFAR-100); the attack runs the student in
+  train mode (``attack.bn_mode='train'``: batch statistics, running statistics
+  updated at every attack forward, E2) from x + U[-eps, eps] not clipped
+  (``init='uniform_unclipped'``), step 2/255; student MobileNetV2 (the code's
+  default) and the TRADES WRN-34-10 teacher of ARD's README (E5; CIFAR-100:
+  no teacher named, CHOICE LTD). The ARD paper's text was not readable
+  (methods.md): nothing to compare the code with.
 
 With ``igdm=1``: + alpha_IGDM (t / E) KL_batchmean(softmax(T(x+d) - T(x-d)) ||
 softmax(S(x+d) - S(x-d))), d = x' - x, alpha_IGDM from IGDM App. B.2 (e.g. 5 for
 ResNet-18 / CIFAR-10 / LTD, 100 for ResNet-18 / CIFAR-100 / BDM-AT; tuned with
-the IGDM protocol). Raw [0, 1] pixels (``model.normalize = False``), SGD
-momentum 0.9, pad-4 crop + flip. Evaluation while training: PGD-20 at 8/255
-every 5 epochs; IGDM reports the last epoch (``--checkpoint latest``).
+the IGDM protocol). Students start from PyTorch's default initialisation
+(``model.init='torch'``, E12), raw [0, 1] pixels, SGD momentum 0.9, pad-4
+crop + flip. Evaluation while training: PGD-20 at 8/255 every 5 epochs; IGDM
+reports the last epoch (``--checkpoint latest``).
 
 Targets, IGDM protocol (IGDM Tab. 2, 3, 10, 11; Clean / FGSM / PGD-20 / C&W /
-AA, ``-`` = not reported):
+AA, ``-`` = not reported; no published numbers for the IKL-AT teacher,
+BDM-AT with ResNet-18 on CIFAR-10, or the official protocol):
 
-    dataset   student       teach method        Clean / FGSM / PGD-20 / C&W / AA       source
-    cifar10   resnet18      ltd   ard           85.04 / 60.31 / 53.27 / 50.27 / 49.49  IGDM Tab.3
-    cifar10   resnet18      ltd   ard+IGDM      85.18 / 61.24 / 54.75 / 51.31 / 50.20  IGDM Tab.3
-    cifar10   mobilenet_v2  ltd   ard           84.18 / - / 52.16 / - / 48.11          IGDM Tab.11
-    cifar10   mobilenet_v2  ltd   ard+IGDM      84.25 / - / 54.03 / - / 49.53          IGDM Tab.11
-    cifar10   mobilenet_v2  bdm   ard           84.38 / - / 48.26 / - / 44.02          IGDM Tab.11
-    cifar10   mobilenet_v2  bdm   ard+IGDM      84.53 / - / 52.45 / - / 45.06          IGDM Tab.11
-    cifar100  resnet18      ltd   ard           61.34 / 35.19 / 31.19 / 27.74 / 25.74  IGDM Tab.2
-    cifar100  resnet18      ltd   ard+IGDM      61.58 / 37.45 / 33.45 / 29.94 / 27.84  IGDM Tab.2
-    cifar100  resnet18      bdm   ard           61.51 / 34.23 / 30.23 / 26.97 / 24.77  IGDM Tab.2
-    cifar100  resnet18      bdm   ard+IGDM      61.62 / 39.75 / 35.75 / 30.99 / 28.79  IGDM Tab.2
-    cifar100  mobilenet_v2  ltd   ard           60.55 / - / 30.82 / - / 25.28          IGDM Tab.10
-    cifar100  mobilenet_v2  ltd   ard+IGDM      60.44 / - / 33.36 / - / 27.59          IGDM Tab.10
-    cifar100  mobilenet_v2  bdm   ard           60.74 / - / 29.92 / - / 24.33          IGDM Tab.10
-    cifar100  mobilenet_v2  bdm   ard+IGDM      60.83 / - / 33.55 / - / 27.50          IGDM Tab.10
-
-No published numbers for the IKL-AT teacher, BDM-AT with ResNet-18 on
-CIFAR-10, or the official protocol (methods.md has no ARD paper table).
 """
 
 from __future__ import annotations
@@ -77,17 +66,18 @@ if _HERE not in sys.path:
   sys.path.insert(0, _HERE)
 import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
+__doc__ += ps.targets_table(("ard",)) + "\n"
+
 # protocol -> ARD loss hyperparameters (teacher on the clean input in both).
 LOSS = {
-    "igdm": {"temperature": 1.0, "alpha": 1.0, "reduction": "batchmean",
-             "teacher_input": "clean"},
+    "igdm": ps.LOSS_HPARAMS["ard"],
     "official": {"temperature": 30.0, "alpha": 1.0, "reduction": "elemmean",
                  "teacher_input": "clean"},
 }
 
 
 def get_config(arg=None):
-  a = ps.protocol_arg(arg)  # the Args above
+  a = ps.protocol_arg(arg, "ard")  # the Args above
   t = ps.adversarial_teacher(a.dataset, a.teacher)
   r = ps.recipe("ard", a.protocol)
   method = config_lib.method_config("ard", igdm_alpha=ps.igdm_weight(a, "ard"),
@@ -97,4 +87,4 @@ def get_config(arg=None):
 
 def arg_combinations():
   """Every setting this file documents (the tests build each one)."""
-  return ps.protocol_arg_strings()
+  return ps.protocol_arg_strings("ard")

@@ -6,7 +6,8 @@
     python -m kdrobust.main --config configs/cifar_darht.py:dataset=cifar10,teachers=trades+ltd+bdm \
         --workdir runs/c10_r18_darht3
 
-Args: ``dataset=cifar100|cifar10``, ``student=resnet18|mobilenet_v2``,
+Args: ``protocol=official`` (the only one), ``dataset=cifar100|cifar10``,
+``student=resnet18|mobilenet_v2``,
 ``teachers=paper|public|<key>+<key>+...`` (keys of
 ``paper_settings.TEACHERS[dataset]``), ``vit_dir=<directory>`` (where the
 paper set's ViTs are, default ``teachers/cifar100/darht``). Defaults: the
@@ -40,10 +41,17 @@ keep that order, because ``config.teachers`` iterates in sorted order):
   in architecture and training algorithm, CIFAR-100: gowal70 + ltd + bdm + ikl;
   CIFAR-10: trades + ltd + bdm + ikl.
 
-Recipe (methods.md 7.2-7.3, bayesomicslab/DARHT@5c0a1ff): SGD lr 0.1, momentum
-0.9, weight decay 5e-4, batch 256, 350 epochs (the code's argparse default;
-CHOICE: the run length behind the paper is UNCONFIRMED), lr x0.1 at 115, 160,
-185; pad-4 crop + flip; raw [0, 1] pixels (``model.normalize = False``).
+Recipe (methods.md 7.2-7.3, bayesomicslab/DARHT@5c0a1ff) as the code runs:
+SGD momentum 0.9, weight decay 5e-4, batch 256, 350 epochs (the code's
+argparse default; CHOICE: the run length behind the paper is UNCONFIRMED).
+The code builds MultiStepLR([115, 160, 185], x0.1) and a one-epoch warm-up;
+as it runs (methods.md E9, checked against torch's schedulers in
+tests/schedules_test.py), the never-stepped warm-up scheduler's constructor
+sets the lr to 0, and ``MultiStepLR.step(epoch)`` is called only after epochs
+e > 1 and sets the lr of epoch e + 1, so (0-indexed epochs) lr 0 for 0-2,
+0.1 for 3-115, 0.01 for 116-160, 0.001 for 161-185, 1e-4 from 186
+(``optim.schedule = 'table'``); pad-4 crop + flip; raw [0, 1] pixels; the
+student from PyTorch's default initialisation (``model.init='torch'``, E12).
 Student: backbone -> Dense(K * C) "slots" -> Dense(C) (``model.kwargs.head_slots
 = K``). Per batch, with probability 0.5 x~ = x, else x~ = PGD(CE(student), x;
 eps 0.031, step 0.003, 10 steps, x + 0.001 N(0, I) start). Loss by epoch e
@@ -97,10 +105,11 @@ def _teacher_keys(dataset: str, spec: str) -> list[str]:
 
 
 def get_config(arg=None):
-  a = ps.parse_arg(arg, dataset="cifar100", student="resnet18", teachers="paper",
+  a = ps.parse_arg(arg, {"protocol": ps.protocols("darht")}, protocol="official",
+                   dataset="cifar100", student="resnet18", teachers="paper",
                    vit_dir="teachers/cifar100/darht")
   keys = _teacher_keys(a.dataset, a.teachers)
-  r = ps.recipe("darht", "official")
+  r = ps.recipe("darht", a.protocol)
   method = config_lib.method_config(
       "darht", p_adv=0.5, kd_start_epoch=50, ce_stop_epoch=118, ce_skip_threshold=8.0,
       attack=r["attack"])
@@ -119,4 +128,4 @@ def arg_combinations():
   out = ps.arg_strings(dataset=("cifar100",), student=ps.STUDENTS,
                        teachers=("paper", "public"))
   out += ps.arg_strings(dataset=("cifar10",), student=ps.STUDENTS, teachers=("public",))
-  return out + ["dataset=cifar10,teachers=trades+ltd+bdm"]
+  return out + ["dataset=cifar10,teachers=trades+ltd+bdm", "protocol=official"]

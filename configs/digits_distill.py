@@ -16,13 +16,15 @@ run as ``teacher``). For MTARD's natural teacher train one first:
     python -m kdrobust.main --config configs/digits_distill.py:method=darht,teacher2=runs/quickstart/natural \
         --workdir runs/digits/darht
 
-Args: ``method=`` every registered method that takes a teacher (``kd``,
-``ard``, ``iad``, ``rslad``, ``mtard``, ``kdiga``, ``kdiga_ard``, ``adaad``,
-``adaiad``, ``darht``; the list is read from the registry) and ``pgd_at`` /
+Args: ``protocol=short_run`` (the only one: the CPU-sized choices below, not a
+paper's recipe), ``method=`` every registered method that takes a teacher (``kd``,
+``ard``, ``iad``, ``iad2``, ``rslad``, ``mtard``, ``kdiga``, ``kdiga_ard``,
+``kdiga_rs``, ``adaad``, ``adaiad``, ``darht``; the list is read from the
+registry) and ``pgd_at`` /
 ``trades`` with ``igdm`` > 0; ``igdm=<alpha>`` (0 = off; only for the bases
 IGDM supports), ``teacher=`` (default ``runs/quickstart/teacher``, the PGD-AT
 ``small_cnn`` of configs/quickstart.py, read at its best checkpoint),
-``teacher2=`` (MTARD's natural teacher, DARHT's second teacher; read at its
+``teacher2=`` (MTARD's and IAD-II's natural teacher, DARHT's second teacher; read at its
 latest checkpoint, because a natural run's "best" by PGD-20 is meaningless),
 ``epochs=10``, ``eps=0.1``.
 
@@ -34,9 +36,9 @@ each method's own start (uniform or gaussian), evaluation PGD-20 at eps every
 5 epochs. CHOICES for short CPU runs (``paper_settings.SHORT_RUN``): every KL
 at ``batchmean`` (no 1/C, no RSLAD/MTARD 0.1 factor), tau = 1 for ARD and
 AdaIAD, IAD/AdaIAD ``begin`` and DARHT's curriculum at the papers' fraction of
-the run (30% for ``begin``; DARHT's 50/350 and 118/350), MTARD's weight step
-not decayed (cosine lr). MTARD: teacher 0 = ``teacher`` (adversarial), teacher
-1 = ``teacher2`` (natural). DARHT: K = 2 slots (``teacher``, ``teacher2``),
+the run (30% for ``begin``, IAD-II's 20%; DARHT's 50/350 and 118/350), MTARD's
+weight step not decayed (cosine lr). MTARD and IAD-II: teacher 0 = ``teacher``
+(adversarial), teacher 1 = ``teacher2`` (natural). DARHT: K = 2 slots (``teacher``, ``teacher2``),
 ``model.kwargs.head_slots = 2``. Caveat of that DARHT scaling: the KD-only
 phase then starts at epoch 4 of 10, with the cosine learning rate near its
 peak, and the student's final layer gets no gradient in that phase; keeping
@@ -96,7 +98,7 @@ def method_and_teachers(method, igdm, eps, epochs, teacher, teacher2, unroll=1):
   first = config_lib.teacher_config(teacher)
   second = config_lib.teacher_config(teacher2 or teacher, which="latest")
   student, model_kw = "tiny_cnn", {}
-  if method == "mtard":  # sorted names: adversarial (0) before natural (1)
+  if method in ("mtard", "iad2"):  # sorted names: adversarial (0) before natural (1)
     teachers = {"adversarial": first, "natural": second}
   elif method == "darht":  # slot k imitates teacher k; names keep the order
     teachers = {"t0_teacher": first, "t1_teacher2": second}
@@ -107,8 +109,9 @@ def method_and_teachers(method, igdm, eps, epochs, teacher, teacher2, unroll=1):
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, method="adaad", igdm=0.0, teacher="runs/quickstart/teacher",
-                           teacher2="", epochs=10, eps=0.1)
+  a = ps.parse_arg(arg, {"protocol": (ps.SHORT_PROTOCOL,)}, protocol=ps.SHORT_PROTOCOL,
+                   method="adaad", igdm=0.0, teacher="runs/quickstart/teacher", teacher2="",
+                   epochs=10, eps=0.1)
   method, teachers, student, model_kw = method_and_teachers(
       a.method, a.igdm, a.eps, a.epochs, a.teacher, a.teacher2)
   return ps.cpu_config("digits", student, method, epochs=a.epochs, eps=a.eps,
@@ -124,4 +127,5 @@ def arg_combinations():
     if m in igdm_lib.SUPPORTED:
       out.append(f"method={m},igdm=5")
   return out + ["method=mtard,teacher2=runs/quickstart/natural",
+                "method=iad2,teacher2=runs/quickstart/natural",
                 "method=darht,teacher2=runs/quickstart/natural"]

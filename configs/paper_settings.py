@@ -44,6 +44,9 @@ from kdrobust import config_lib
 
 DATASETS = ("cifar10", "cifar100")
 STUDENTS = ("resnet18", "mobilenet_v2")
+# IGDM's other two settings (methods.md sections 2, 6.3, 9.4; configs/igdm_datasets.py).
+MORE_DATASETS = ("svhn_cropped", "tiny_imagenet")
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn_cropped": 10, "tiny_imagenet": 200}
 
 # Channel statistics the DeepMind-layout (``variant='dm'``) RobustBench models
 # normalise with inside the model (``CIFAR10_MEAN`` etc. of RobustBench's
@@ -53,12 +56,11 @@ _C100 = {"mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762)}
 
 
 def _t(rb_id, dataset, arch, kwargs, name, rb, *, igdm_tab1=None, role="adversarial",
-       note=""):
+       note="", file=""):
   return {"robustbench_id": rb_id, "dataset": dataset, "arch": arch, "kwargs": kwargs,
           "name": name, "robustbench_clean_aa": rb, "igdm_tab1_clean_pgd_aa": igdm_tab1,
-          "role": role, "note": note,
-          "num_classes": 10 if dataset == "cifar10" else 100,
-          "file": f"teachers/{dataset}/Linf/{rb_id}.pt"}
+          "role": role, "note": note, "num_classes": NUM_CLASSES[dataset],
+          "file": file or f"teachers/{dataset}/Linf/{rb_id}.pt"}
 
 
 # Teachers. ``file`` is where RobustBench itself puts the checkpoint with
@@ -79,43 +81,79 @@ def _t(rb_id, dataset, arch, kwargs, name, rb, *, igdm_tab1=None, role="adversar
 # shapes, not the activation: the step-0 teacher check
 # (``config.teacher_eval_examples``) shows a wrong one as a far-off clean
 # accuracy (RobustBench: 92.4% / 72.6% clean).
+def _igdm_teachers(dataset, stats, ltd, bdm, ikl):
+  """IGDM Tab. 1's three CIFAR teachers; each argument: (RobustBench clean/AA, IGDM Tab. 1)."""
+  dm = {"variant": "dm", "activation": "swish", **stats}
+  return {
+      "ltd": _t("Chen2021LTD_WRN34_10", dataset, "wrn34_10", {"variant": "standard"},
+                "LTD WRN-34-10", ltd[0], igdm_tab1=ltd[1]),
+      "bdm": _t("Wang2023Better_WRN-28-10", dataset, "wrn28_10", dm,
+                "BDM-AT WRN-28-10 (Wang et al. 2023, 50M generated images)", bdm[0],
+                igdm_tab1=bdm[1]),
+      "ikl": _t("Cui2023Decoupled_WRN-28-10", dataset, "wrn28_10", dict(dm),
+                "IKL-AT WRN-28-10 (Cui et al. 2023)", ikl[0], igdm_tab1=ikl[1]),
+  }
+
+
+def _wrn34_10(dataset, name, igdm_tab1, file, note):
+  """A non-RobustBench TRADES-layout WRN-34-10 adversarial teacher of IGDM Tab. 1."""
+  return _t(None, dataset, "wrn34_10", {"variant": "standard"}, name, None,
+            igdm_tab1=igdm_tab1, file=file, note=note)
+
+
 TEACHERS: dict[str, dict[str, dict[str, Any]]] = {
     "cifar10": {
-        "ltd": _t("Chen2021LTD_WRN34_10", "cifar10", "wrn34_10", {"variant": "standard"},
-                  "LTD WRN-34-10", (85.21, 56.94), igdm_tab1=(85.21, 60.89, 56.94)),
+        **_igdm_teachers("cifar10", _C10, ltd=((85.21, 56.94), (85.21, 60.89, 56.94)),
+                         bdm=((92.44, 67.31), (92.44, 70.63, 67.31)),
+                         ikl=((92.16, 67.73), (92.16, 71.09, 67.73))),
         "ltd2": _t("Chen2021LTD_WRN34_20", "cifar10", "wrn34_20", {"variant": "standard"},
                    "LTD WRN-34-20 (AdaAD's CIFAR-10 teacher, IGDM's 'LTD2')", (86.03, 57.71)),
-        "bdm": _t("Wang2023Better_WRN-28-10", "cifar10", "wrn28_10",
-                  {"variant": "dm", "activation": "swish", **_C10},
-                  "BDM-AT WRN-28-10 (Wang et al. 2023, 50M generated images)", (92.44, 67.31),
-                  igdm_tab1=(92.44, 70.63, 67.31)),
-        "ikl": _t("Cui2023Decoupled_WRN-28-10", "cifar10", "wrn28_10",
-                  {"variant": "dm", "activation": "swish", **_C10},
-                  "IKL-AT WRN-28-10 (Cui et al. 2023)", (92.16, 67.73),
-                  igdm_tab1=(92.16, 71.09, 67.73)),
         "trades": _t("Zhang2019Theoretically", "cifar10", "wrn34_10", {"variant": "standard"},
-                     "TRADES WRN-34-10 (RSLAD/MTARD/KDIGA teacher, model_cifar_wrn.pt)",
+                     "TRADES WRN-34-10 (ARD/RSLAD/MTARD/KDIGA teacher, model_cifar_wrn.pt)",
                      (84.92, 53.08), note="RobustBench evaluates it at eps 0.031"),
         "standard": _t("Standard", "cifar10", "wrn28_10", {"variant": "standard"},
                        "naturally trained WRN-28-10 (RobustBench 'Standard')", (94.78, 0.0),
                        role="natural",
                        note="clean/AA from the RobustBench leaderboard, not methods.md"),
+        # E6: MTARD's README links the authors' clean-trained teacher, loaded
+        # as ``wideresnet()`` = WRN-34-10 in the TRADES layout
+        # (mtard/cifar10_models/wideresnet.py; its unused sub_block1 is dropped
+        # by the converter). Download it to ``file`` or pass natural_path.
+        "mtard_natural": _t(None, "cifar10", "wrn34_10", {"variant": "standard"},
+                            "MTARD's released clean WRN-34-10 (the authors' natural teacher)",
+                            None, role="natural",
+                            file="teachers/cifar10/mtard_natural_wrn34_10.pt",
+                            note="MTARD README's clean-teacher checkpoint"),
     },
     "cifar100": {
-        "ltd": _t("Chen2021LTD_WRN34_10", "cifar100", "wrn34_10", {"variant": "standard"},
-                  "LTD WRN-34-10", (64.07, 30.59), igdm_tab1=(64.07, 36.61, 30.57)),
-        "bdm": _t("Wang2023Better_WRN-28-10", "cifar100", "wrn28_10",
-                  {"variant": "dm", "activation": "swish", **_C100},
-                  "BDM-AT WRN-28-10 (Wang et al. 2023, 50M generated images)", (72.58, 38.83),
-                  igdm_tab1=(72.58, 44.24, 38.83)),
-        "ikl": _t("Cui2023Decoupled_WRN-28-10", "cifar100", "wrn28_10",
-                  {"variant": "dm", "activation": "swish", **_C100},
-                  "IKL-AT WRN-28-10 (Cui et al. 2023)", (73.85, 39.18),
-                  igdm_tab1=(73.80, 44.14, 39.18)),
+        **_igdm_teachers("cifar100", _C100, ltd=((64.07, 30.59), (64.07, 36.61, 30.57)),
+                         bdm=((72.58, 38.83), (72.58, 44.24, 38.83)),
+                         ikl=((73.85, 39.18), (73.80, 44.14, 39.18))),
         "gowal70": _t("Gowal2020Uncovering", "cifar100", "wrn70_16",
                       {"variant": "dm", "activation": "swish", **_C100},
                       "DeepMind WRN-70-16 without extra data (RSLAD/MTARD/DARHT teacher, "
                       "cifar100_linf_wrn70-16_without.pt)", (60.86, 30.03)),
+    },
+    # IGDM Tab. 1's other teachers; neither is public (no RobustBench id).
+    # SVHN: IGDM's own PGD-AT WRN-34-10. CHOICE: train it with kdrobust
+    # (configs/igdm_datasets.py:dataset=svhn_cropped,method=pgd_at,igdm=0,
+    # student=wrn34_10, into this run directory), or pass a TRADES-layout
+    # WideResNet .pt as teacher_path.
+    "svhn_cropped": {
+        "pgdat": _wrn34_10("svhn_cropped", "PGD-AT WRN-34-10 (IGDM's own SVHN teacher)",
+                           (93.90, 61.78, 54.28), "runs/svhn_cropped_pgd_at_wrn34_10",
+                           "no public checkpoint: a kdrobust run of configs/igdm_datasets.py"),
+    },
+    # Tiny ImageNet: RiFT (Zhu et al. 2023) WRN-34-10, supplied by the user.
+    # UNCONFIRMED: its PyTorch layout; we assume the TRADES-style WideResNet
+    # (raw [0, 1] inputs, global average pooling, 200 classes), labels in
+    # torchvision ImageFolder order (sorted wnids = data.name 'tiny_imagenet').
+    # The step-0 teacher check (config.teacher_eval_examples) shows a wrong
+    # layout or class order as a far-off clean accuracy (IGDM Tab. 1: 52.54%).
+    "tiny_imagenet": {
+        "rift": _wrn34_10("tiny_imagenet", "RiFT WRN-34-10 (Zhu et al. 2023)",
+                          (52.54, 25.52, 21.78), "teachers/tiny_imagenet/rift_wrn34_10.pt",
+                          "no public checkpoint known to methods.md: supply it"),
     },
 }
 
@@ -173,73 +211,222 @@ IGDM_ALPHA: dict[tuple[str, str, str, str], float] = {
     for i, t in enumerate(ts)
 }
 
-# Training recipes. All: SGD, lr 0.1, momentum 0.9, coupled L2 weight decay,
-# pad-4 crop + flip, raw [0, 1] inputs, lr x0.1 at each decay epoch.
-# ``batch_size`` per dataset; ``attack`` = the inner maximisation (None: none).
+# Training recipes, one per (method, protocol). All: SGD, lr 0.1, momentum
+# 0.9, coupled L2 weight decay, pad-4 crop + flip, raw [0, 1] inputs.
+# Epochs are 0-indexed here: lr x0.1 from each of ``decay_epochs`` on (the
+# *effective* schedule of the code, which is not always the one its arguments
+# name: see E1, E8), or, with ``lr_table = (epochs, factors)``, lr x factors[i]
+# from epochs[i] on (E9). ``batch_size`` per dataset; ``attack`` = the inner
+# maximisation (None: none; ``bn_mode`` 'train' = PyTorch ``net.train()``
+# during the attack, E2); ``weight_decay`` of the base run and
+# ``igdm_weight_decay`` of a run with the IGDM term (they differ where IGDM's
+# scripts do); ``student`` and ``teacher`` (per dataset) are the protocol's
+# defaults; ``source`` the code it was read from (file:line); ``notes`` where
+# the paper's text, or another reading, differs. Protocols:
+#
+# * ``official``: each method's own released code, *as it runs*;
+# * ``igdm``: IGDM's re-runs (the numbers of methods.md section 9), as IGDM's
+#   code (Xavaitron/VLM_Distillation@a22ed64, ICLR_IGDM/) runs them;
+# * ``kdrobust``: our choice where no code exists.
 _EPS, _STEP = 8 / 255, 2 / 255
+PROTOCOL_ORDER = ("igdm", "official", "kdrobust")
 
 
-def _attack(init, eps=_EPS, step=_STEP, steps=10):
-  return {"eps": eps, "step_size": step, "steps": steps, "init": init}
+def _attack(init, eps=_EPS, step=_STEP, steps=10, bn_mode="eval"):
+  return {"eps": eps, "step_size": step, "steps": steps, "init": init, "bn_mode": bn_mode}
 
 
-def _r(epochs, decay, wd, batch, attack, source):
+def _r(epochs, decay, wd, batch, attack, source, *, igdm_wd=None, lr_table=None,
+       student="resnet18", teacher="ltd", notes=""):
   if isinstance(batch, int):
-    batch = {"cifar10": batch, "cifar100": batch}
+    batch = dict.fromkeys(NUM_CLASSES, batch)
+  if isinstance(teacher, str):
+    teacher = dict.fromkeys(NUM_CLASSES, teacher)
   return {"epochs": epochs, "decay_epochs": tuple(decay), "weight_decay": wd,
-          "batch_size": batch, "attack": attack, "source": source}
+          "igdm_weight_decay": wd if igdm_wd is None else igdm_wd, "lr_table": lr_table,
+          "batch_size": batch, "attack": attack, "source": source, "student": student,
+          "teacher": teacher, "notes": notes}
 
 
-# The IGDM protocol = IGDM's re-runs behind every number of methods.md
-# section 9: 200 epochs (RSLAD-based: 300), batch 128, PGD-10 at 8/255 with
-# step 2/255, weight decay 5e-4. CHOICE (methods.md 6.2, 10.3: the paper says
-# 5e-4, the re-uploaded code's args.py defaults to 2e-4): 5e-4, because the
-# paper text is the primary source, and IGDM's code base is AdaAD's, whose
-# official recipe (which IGDM's AdaAD re-runs reproduce) uses 5e-4.
-IGDM_WEIGHT_DECAY = 5e-4
+# E1 (methods.md errata): ARD, IAD-I, KDIGA and KD's ``adjust_learning_rate``
+# multiplies a *local* copy of the unchanged ``args.lr``, so their "decay at
+# 150" sets 0.01 again: 0.1 for epochs 0-99, then 0.01 to the end.
+_E1 = ("the code's lr_schedule [100, 150] decays a local copy of args.lr, so epoch 150 "
+       "re-sets 0.01 (methods.md E1): effective lr 0.1 for epochs 0-99, 0.01 for 100-199")
+# E2: their AttackPGD runs the student in train mode (batch statistics and
+# running-statistic updates at every attack forward) from x + U[-eps, eps]
+# without a clip before the first step.
+_E2 = ("attack in net.train() mode: every forward uses batch statistics and updates the "
+       "running statistics (methods.md E2); start x + U[-eps, eps] not clipped before the "
+       "first step")
+_TRAIN_ATTACK = dict(init="uniform_unclipped", bn_mode="train")
+_KDIGA_BATCH = {**dict.fromkeys(NUM_CLASSES, 128), "cifar100": 256}
+_KDIGA_TEACHER = {**dict.fromkeys(NUM_CLASSES, "trades"), "cifar100": "ltd"}
+
+# E3: IGDM's code runs weight decay 2e-4 (``args.py:22`` default, passed as
+# ``args.wd`` by the IGDM scripts, not overridden by ``cifar100.sh``); the
+# paper text says 5e-4. The protocol follows the code. Exception in the same
+# code: the AdaAD *baseline* script ``adaad_cifar100.py:73`` hard-codes 5e-4
+# (its IGDM variant uses args.wd = 2e-4); ``ard_cifar100.py:72`` hard-codes
+# 2e-4; ``rslad_cifar100.py`` passes args.wd.
+IGDM_WEIGHT_DECAY = 2e-4
+_IGDM_WD_NOTE = "IGDM's paper text: weight decay 5e-4 (App. B.1); its code: 2e-4 (E3)"
+_IGDM = "[C:IGDM@a22ed64:ICLR_IGDM/"
 RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    # ---- IGDM protocol (IGDM's code; PGD-AT, TRADES and IAD have no script in
+    # the snapshot: IGDM App. B.1 with the code's args.py weight decay).
     ("pgd_at", "igdm"): _r(200, (100, 150), IGDM_WEIGHT_DECAY, 128, _attack("uniform"),
-                           "[P:IGDM App.B.1]"),
+                           "[P:IGDM App.B.1], " + _IGDM + "args.py:22]", notes=_IGDM_WD_NOTE),
     ("trades", "igdm"): _r(200, (100, 150), IGDM_WEIGHT_DECAY, 128, _attack("gaussian"),
-                           "[P:IGDM App.B.1 eq.15], [C:TRADES] (beta 6, gaussian start)"),
-    ("ard", "igdm"): _r(200, (100, 150), IGDM_WEIGHT_DECAY, 128, _attack("uniform"),
-                        "[P:IGDM App.B.1], [C:IGDM a22ed64:ard_cifar100.py]"),
-    ("ard", "official"): _r(200, (100, 150), 2e-4, {"cifar10": 128, "cifar100": 256},
-                            _attack("uniform"), "[C:ARD@779ade3:main.py]"),
+                           "[P:IGDM App.B.1 eq.15], [C:TRADES@6e8e11b:trades.py] (beta 6), "
+                           + _IGDM + "args.py:22]", notes=_IGDM_WD_NOTE),
+    # ard_cifar100.py / ard_IGDM_cifar100.py call attacks.PGD with its default
+    # step alpha=2/225 (attacks.py:93), the paper says 2/255: the code wins.
+    ("ard", "igdm"): _r(200, (100, 150), IGDM_WEIGHT_DECAY, 128,
+                        _attack("uniform", step=2 / 225),
+                        _IGDM + "ard_cifar100.py:72,130,180; ard_IGDM_cifar100.py:71,117; "
+                        "attacks.py:93]",
+                        notes=_IGDM_WD_NOTE + "; inner step 2/225 in the code (attacks.py:93 "
+                        "default alpha), 2/255 in the paper text"),
     ("iad", "igdm"): _r(200, (100, 150), IGDM_WEIGHT_DECAY, 128, _attack("uniform"),
-                        "[P:IGDM App.B.1]"),
-    ("iad", "official"): _r(200, (100, 150), 2e-4, 128, _attack("uniform"),
-                            "[C:IAD@a8091a8:IAD-I.py]"),
-    ("rslad", "igdm"): _r(300, (215, 260, 285), IGDM_WEIGHT_DECAY, 128, _attack("gaussian"),
-                          "[P:IGDM App.B.1], [C:IGDM a22ed64:rslad_IGDM_cifar100.py]"),
+                        "[P:IGDM App.B.1], " + _IGDM + "args.py:22]",
+                        notes=_IGDM_WD_NOTE + "; no IAD script in IGDM's code: step 2/255 "
+                        "as the paper text"),
+    # E7: int(0.7 E), int(0.86 E), int(0.95 E) after 1-indexed epoch t, i.e.
+    # from 0-indexed 210, 258, 285 (E = 300); the paper text: 215/260/285.
+    ("rslad", "igdm"): _r(300, (210, 258, 285), IGDM_WEIGHT_DECAY, 128, _attack("gaussian"),
+                          _IGDM + "rslad_cifar100.py:71,176; rslad_IGDM_cifar100.py:71,167]",
+                          notes=_IGDM_WD_NOTE + "; decays after 1-indexed epochs int(0.7E), "
+                          "int(0.86E), int(0.95E) = 210/258/285 in the code (E7), 215/260/285 "
+                          "in the paper text"),
+    # E4: AdaAD's KL is batchmean under IGDM's protocol (the config's choice).
+    ("adaad", "igdm"): _r(200, (100, 150), 5e-4, 128, _attack("gaussian"),
+                          _IGDM + "adaad_cifar100.py:73,137; adaad_IGDM_cifar100.py:74,142]",
+                          igdm_wd=IGDM_WEIGHT_DECAY,
+                          notes="weight decay 5e-4 hard-coded in IGDM's AdaAD baseline script, "
+                          "2e-4 (args.wd) in its AdaAD+IGDM script; the paper text: 5e-4 "
+                          "for both (E3); KL batchmean (E4)"),
+    # ---- Official protocols (each method's released code as it runs).
+    ("ard", "official"): _r(200, (100,), 2e-4, _KDIGA_BATCH,
+                            _attack(**_TRAIN_ATTACK),
+                            "[C:ARD@779ade3:main.py:32-36,49,55,68-79,118,167-170]",
+                            student="mobilenet_v2", teacher=_KDIGA_TEACHER,
+                            notes=_E1 + "; " + _E2 + "; teacher: the README's TRADES "
+                            "WRN-34-10 on CIFAR-10 (E5), none named for CIFAR-100 (CHOICE: "
+                            "LTD WRN-34-10)"),
+    ("iad", "official"): _r(200, (100,), 2e-4, 128, _attack(**_TRAIN_ATTACK),
+                            "[C:IAD@a8091a8:IAD-I.py:49-53,76,95-106,159,224-230]",
+                            notes=_E1 + "; " + _E2 + "; teacher: the code's default is an "
+                            "in-house PGD-AT ResNet-18 (pre_train/AT.py; CHOICE: LTD "
+                            "WRN-34-10, or teacher_path)"),
+    # IAD-II.py: IAD-I's optimizer, schedule (E1) and train-mode attack; its
+    # natural teacher is an in-house ResNet-18 (pre_train/ST.py).
+    ("iad2", "official"): _r(200, (100,), 2e-4, 128, _attack(**_TRAIN_ATTACK),
+                             "[C:IAD@a8091a8:IAD-II.py:171-197]",
+                             notes=_E1 + "; " + _E2 + "; teachers: the code's defaults are "
+                             "in-house PGD-AT and natural ResNet-18s (pre_train/AT.py, ST.py; "
+                             "CHOICE: LTD WRN-34-10 and a kdrobust natural ResNet-18, or paths)"),
     ("rslad", "official"): _r(300, (215, 260, 285), 2e-4, 128, _attack("gaussian"),
-                              "[C:RSLAD@c40e04f:resnet18_rslad_cifar10/100.py]"),
+                              "[C:RSLAD@c40e04f:resnet18_rslad_cifar10.py:37,47,81]",
+                              teacher={**dict.fromkeys(NUM_CLASSES, "trades"),
+                                       "cifar100": "gowal70"}),
     ("adaad", "official"): _r(200, (100, 150), 5e-4, 128, _attack("gaussian"),
-                              "[C:AdaAD@9e5c6e5:main.py] (IGDM's re-runs use the same)"),
+                              "[C:AdaAD@9e5c6e5:main.py:58-64,113-128,341-351]",
+                              teacher={**dict.fromkeys(NUM_CLASSES, "ltd2"), "cifar100": "ltd"}),
     ("mtard", "official"): _r(300, (215, 260, 285), 2e-4, 128, _attack("gaussian"),
-                              "[C:MTARD@6480a1b:mtard_resnet18_cifar10/100.py]"),
-    ("kdiga", "official"): _r(200, (100, 150), 2e-4, {"cifar10": 128, "cifar100": 256}, None,
-                              "[C:KDIGA@12e774f:main.py]"),
-    ("kdiga_ard", "official"): _r(200, (100, 150), 2e-4, {"cifar10": 128, "cifar100": 256},
-                                  _attack("uniform", step=1.6 / 255),
-                                  "[C:KDIGA@12e774f:main.py] (step 16/255/10)"),
-    ("kd", "official"): _r(200, (100, 150), 2e-4, {"cifar10": 128, "cifar100": 256}, None,
-                           "[C:KDIGA@12e774f:main.py distill_method='kd']"),
-    ("darht", "official"): _r(350, (115, 160, 185), 5e-4, 256,
+                              "[C:MTARD@6480a1b:mtard/mtard_resnet18_cifar10.py:42,54-62,135]",
+                              teacher={**dict.fromkeys(NUM_CLASSES, "trades"),
+                                       "cifar100": "gowal70"}),
+    ("kdiga", "official"): _r(200, (100,), 2e-4, _KDIGA_BATCH, None,
+                              "[C:KDIGA@12e774f:main.py:44-48,61,67,168-196,289-292]",
+                              student="mobilenet_v2", teacher=_KDIGA_TEACHER, notes=_E1),
+    ("kdiga_rs", "official"): _r(200, (100,), 2e-4, _KDIGA_BATCH, None,
+                                 "[C:KDIGA@12e774f:main.py:168-173,289-292]",
+                                 student="mobilenet_v2", teacher=_KDIGA_TEACHER, notes=_E1),
+    ("kdiga_ard", "official"): _r(200, (100,), 2e-4, _KDIGA_BATCH,
+                                  _attack(step=1.6 / 255, **_TRAIN_ATTACK),
+                                  "[C:KDIGA@12e774f:main.py:38,81-92,197-224,289-292] "
+                                  "(step 16/255/10)",
+                                  student="mobilenet_v2", teacher=_KDIGA_TEACHER,
+                                  notes=_E1 + "; " + _E2),
+    ("kd", "official"): _r(200, (100,), 2e-4, _KDIGA_BATCH, None,
+                           "[C:KDIGA@12e774f:main.py:154-167,289-292] (distill_method='kd')",
+                           student="mobilenet_v2", teacher=_KDIGA_TEACHER, notes=_E1),
+    # E9: DARHT_CIFAR_100_stateful_MWU.py builds MultiStepLR([115, 160, 185])
+    # and then WarmUpLR, whose constructor's initial step sets lr = 0.1 * 0 /
+    # iters = 0 (it is never stepped again); ``train_scheduler.step(epoch)`` is
+    # called after training epoch e only for e > 1 and (deprecated epoch
+    # argument) sets lr = 0.1 * 0.1^bisect_right(milestones, e) for epoch
+    # e + 1. So epochs 0-2 run at lr 0, 3-115 at 0.1, 116-160 at 0.01, 161-185
+    # at 0.001, 186- at 1e-4 (checked against torch's schedulers in
+    # tests/schedules_test.py).
+    ("darht", "official"): _r(350, (), 5e-4, 256,
                               _attack("gaussian", eps=0.031, step=0.003),
-                              "[C:DARHT@5c0a1ff:DARHT_CIFAR_100_stateful_MWU.py]"),
+                              "[C:DARHT@5c0a1ff:DARHT_CIFAR_100_stateful_MWU.py:75-90,242,"
+                              "330-333,390-408]",
+                              lr_table=((0, 3, 116, 161, 186), (0.0, 1.0, 0.1, 0.01, 0.001)),
+                              notes="nominal MultiStepLR milestones 115/160/185 and a 1-epoch "
+                              "warm-up; as the code runs (E9): lr 0 for epochs 0-2 (the "
+                              "never-stepped WarmUpLR's constructor sets 0), every decay one "
+                              "epoch late (step(epoch) after epoch e > 1)"),
+    # ---- Teacher-free baselines' own codes.
+    # E11: AdaAD's Plain_Madry: start clamp(x + 0.001 N(0, I), 0, 1), attack in
+    # eval mode, then an extra train-mode S(x) forward (only BN statistics).
+    ("pgd_at", "official"): _r(110, (100, 105), 5e-4, 128, _attack("gaussian_clamped"),
+                               "[C:AdaAD@9e5c6e5:main.py:113-128,307-324; AT_helper.py:51-85] "
+                               "(Plain_Madry, README: eps 8, step 2, 110 epochs)",
+                               notes="start clamp(x + 0.001 N(0, I), 0, 1); an extra train-mode "
+                               "forward S(x) whose only effect is a running-statistics update "
+                               "(E11); argparse defaults eps 16/255, step 4/255, the README "
+                               "command 8 and 2"),
+    # E8: adjust_learning_rate(epoch) with 1-indexed epochs 1..76: lr 0.01 from
+    # 1-indexed 75, i.e. 0-indexed 74 (and 0.001 from 89, 1e-4 from 99 when
+    # trained longer). The code's eps 0.031 and step 0.007.
+    ("trades", "official"): _r(76, (74, 89, 99), 2e-4, 128,
+                               _attack("gaussian", eps=0.031, step=0.007),
+                               "[C:TRADES@6e8e11b:train_trades_cifar10.py:20-37,137-157]",
+                               notes="decay from 1-indexed epochs 75/90/100 = 0-indexed "
+                               "74/89/99 (E8); eps 0.031, step 0.007 (the code)"),
     # Our choice (no paper gives it): the natural teacher of MTARD.
     ("natural", "kdrobust"): _r(200, (100, 150), 5e-4, 128, None,
-                                "kdrobust choice (standard CIFAR natural training)"),
-    # The plain adversarial-training recipes of configs/cifar10_pgd_at.py and
-    # configs/cifar10_trades.py (not the IGDM re-runs above). TRADES: the
-    # code's schedule; CHOICE (the issue's values): eps 8/255, step 2/255, where
-    # the code uses 0.031 and 0.007.
-    ("pgd_at", "plain_madry"): _r(110, (100, 105), 5e-4, 128, _attack("uniform"),
-                                  "[C:AdaAD Plain_Madry] (methods.md 3.2)"),
-    ("trades", "official"): _r(76, (75, 90, 100), 2e-4, 128, _attack("gaussian"),
-                               "[C:TRADES train_trades_cifar10.py] (methods.md 3.3)"),
+                                "kdrobust choice (standard CIFAR natural training)",
+                                student="wrn34_10"),
 }
+
+# Each method's loss hyperparameters under IGDM's protocol, which are also the
+# official codes' for IAD-I, IAD-II and RSLAD (the CIFAR configs and
+# configs/igdm_datasets.py; ARD's and AdaAD's official ones differ, see their
+# configs): ARD tau = 1, alpha = 1, batchmean
+# (IGDM's ard_cifar100.py); IAD-I's defaults; RSLAD's 5/6-1/6 with the
+# code's mean over B*C (x10 on CIFAR-100: batchmean x 0.1 on both); AdaAD
+# lambda = 1 with batchmean (E4); AdaIAD tau = 30 (AdaAD's --temp default,
+# CHOICE); TRADES beta = 6.
+LOSS_HPARAMS = {
+    "pgd_at": {},
+    "trades": {"beta": 6.0},
+    "ard": {"temperature": 1.0, "alpha": 1.0, "reduction": "batchmean",
+            "teacher_input": "clean"},
+    "iad": {"alpha": 1.0, "temperature": 1.0, "beta": 0.1, "begin": 60,
+            "reduction": "batchmean"},
+    "iad2": {"alpha1": 0.5, "alpha2": 0.25, "temperature": 1.0, "beta": 0.1, "begin": 40},
+    "rslad": {"adv_weight": 5 / 6, "clean_weight": 1 / 6, "reduction": "batchmean",
+              "scale": 0.1},
+    "adaad": {"alpha": 1.0, "reduction": "batchmean"},
+    "adaiad": {"alpha": 1.0, "temperature": 30.0, "beta": 0.1, "begin": 60,
+               "reduction": "batchmean"},
+}
+
+
+# IGDM's SVHN and Tiny ImageNet runs (IGDM App. B.1, methods.md section 2):
+# the CIFAR IGDM recipe of each base with these epochs and decays (0-indexed);
+# students ResNet-18 (SVHN) and PreActResNet-18 (Tiny ImageNet).
+IGDM_MORE = {
+    "svhn_cropped": {"epochs": 50, "decay_epochs": (40, 45), "student": "resnet18",
+                     "teacher": "pgdat"},
+    "tiny_imagenet": {"epochs": 100, "decay_epochs": (50, 80), "student": "preact_resnet18",
+                      "teacher": "rift"},
+}
+
 
 # Method hyperparameters of the CPU-sized configs (digits_distill.py,
 # subset_distill.py: about 10 epochs of a small CNN). CHOICES for short runs,
@@ -253,6 +440,7 @@ SHORT_RUN = {
     "kd": {"reduction": "batchmean"},
     "ard": {"temperature": 1.0, "reduction": "batchmean"},
     "iad": {"begin": 60 / 200},
+    "iad2": {"begin": 40 / 200},
     "rslad": {"scale": 1.0},
     "mtard": {"scale": 1.0, "weight_lr_decay_epochs": ()},
     "kdiga": {"reduction": "batchmean"},
@@ -378,6 +566,27 @@ for (_m, _g), _cols in _TAB10_11.items():
     _add(_d, "mobilenet_v2", _t_key, _m, _g, _cap(*_v), _src)
 
 
+# 9.2 / 9.4: IGDM's other datasets. SVHN, ResNet-18, IGDM's PGD-AT WRN-34-10
+# teacher [P:IGDM Tab.3] (clean, AA); Tiny ImageNet, PreActResNet-18, RiFT
+# WRN-34-10 [P:IGDM Tab.14] (Clean / PGD / AA: the table's "PGD" is stored in
+# the PGD-20 column, UNCONFIRMED that it is 20 steps).
+_add("svhn_cropped", "resnet18", "pgdat", "adaad", False, (93.27, None, None, None, 52.93),
+     "IGDM Tab.3")
+_add("svhn_cropped", "resnet18", "pgdat", "adaad", True, (93.48, None, None, None, 53.89),
+     "IGDM Tab.3")
+_TAB14 = {
+    "pgd_at": ((50.13, 17.10, 14.58), (51.46, 25.04, 20.10)),
+    "trades": ((46.51, 19.51, 14.89), (51.31, 24.10, 18.92)),
+    "ard": ((50.81, 23.37, 19.48), (50.86, 25.39, 20.57)),
+    "iad": ((49.89, 23.89, 19.10), (50.02, 25.57, 20.69)),
+    "akd": ((51.70, 23.86, 19.69), (51.38, 25.25, 20.99)),
+    "rslad": ((47.12, 22.14, 17.65), (47.54, 23.95, 18.35)),
+    "adaad": ((51.54, 24.65, 20.60), (51.21, 25.73, 21.17)),
+}
+for _m, (_base, _ig) in _TAB14.items():
+  _add("tiny_imagenet", "preact_resnet18", "rift", _m, False, _cap(*_base), "IGDM Tab.14")
+  _add("tiny_imagenet", "preact_resnet18", "rift", _m, True, _cap(*_ig), "IGDM Tab.14")
+
 # ----------------------------------------------------------------------------
 # Lookups.
 # ----------------------------------------------------------------------------
@@ -421,24 +630,71 @@ def igdm_alpha(student: str, dataset: str, teacher_key: str, base: str) -> float
   return IGDM_ALPHA[key]
 
 
+def protocols(method: str) -> tuple[str, ...]:
+  """The protocols :data:`RECIPES` has for ``method``, in :data:`PROTOCOL_ORDER`."""
+  return tuple(p for p in PROTOCOL_ORDER if (method, p) in RECIPES)
+
+
 def recipe(method: str, protocol: str = "official") -> dict[str, Any]:
-  """The training recipe ``RECIPES[(method, protocol)]`` (a copy)."""
-  key = (method, protocol)
-  if key not in RECIPES:
-    raise ValueError(f"No recipe for (method, protocol) = {key}; valid: "
-                     + ", ".join(f"{m}/{p}" for m, p in RECIPES) + ".")
-  rec = dict(RECIPES[key])
+  """The training recipe ``RECIPES[(method, protocol)]`` (a copy, with both keys).
+
+  An unknown protocol of a known method raises a ValueError listing the
+  method's protocols (``official`` alone for most methods).
+  """
+  valid = protocols(method)
+  if not valid:
+    raise ValueError(f"No recipe for method {method!r}; methods: "
+                     + ", ".join(sorted({m for m, _ in RECIPES})) + ".")
+  choice(f"protocol for {method}", protocol, valid)
+  rec = dict(RECIPES[(method, protocol)], method=method, protocol=protocol)
   rec["attack"] = dict(rec["attack"]) if rec["attack"] else None
+  return rec
+
+
+def igdm_dataset_recipe(base: str, dataset: str) -> dict[str, Any]:
+  """IGDM's recipe of ``base`` on SVHN or Tiny ImageNet (:data:`IGDM_MORE`).
+
+  The CIFAR IGDM-protocol recipe of ``base`` (attack, weight decays, batch)
+  with the dataset's epochs, decay epochs, student and teacher.
+  """
+  choice("dataset", dataset, IGDM_MORE)
+  more = IGDM_MORE[dataset]
+  rec = recipe(base, "igdm")
+  rec.update(epochs=more["epochs"], decay_epochs=more["decay_epochs"],
+             student=more["student"], teacher=dict.fromkeys(NUM_CLASSES, more["teacher"]),
+             source=rec["source"] + f", [P:IGDM App.B.1] ({dataset}: {more['epochs']} epochs, "
+             f"decay at {'/'.join(map(str, more['decay_epochs']))})")
   return rec
 
 
 def targets(dataset: str, student: str, teacher_key: str, method: str,
             igdm: bool = False) -> list[dict[str, Any]]:
   """The papers' numbers for one setting (possibly none: not every setting was published)."""
-  choice("dataset", dataset, DATASETS)
+  choice("dataset", dataset, DATASETS + MORE_DATASETS)
   return [t for t in TARGETS
           if (t["dataset"], t["student"], t["teacher"], t["method"], t["igdm"])
           == (dataset, student, teacher_key, method, bool(igdm))]
+
+
+def targets_table(methods: Iterable[str], datasets: Iterable[str] = DATASETS) -> str:
+  """The docstring table of :data:`TARGETS` for ``methods`` on ``datasets``.
+
+  One line per record, sorted by dataset, student, teacher, method, IGDM:
+  ``dataset student teacher method[+IGDM] Clean / FGSM / PGD-20 / C&W / AA
+  source`` (``-`` = not reported). Config files append it to their docstring,
+  so the numbers live once, here.
+  """
+  methods, datasets = tuple(methods), tuple(datasets)
+  order = {d: i for i, d in enumerate(datasets)}
+  rows = sorted((t for t in TARGETS if t["method"] in methods and t["dataset"] in order),
+                key=lambda t: (order[t["dataset"]], t["student"] != "resnet18", t["student"],
+                               t["teacher"], methods.index(t["method"]), t["igdm"]))
+  head = (f"    {'dataset':<13} {'student':<15} {'teach':<6} {'method':<13} "
+          "Clean / FGSM / PGD-20 / C&W / AA       source")
+  lines = [f"    {t['dataset']:<13} {t['student']:<15} {t['teacher']:<6} "
+           f"{t['method'] + ('+IGDM' if t['igdm'] else ''):<13} {format_target(t):<38} "
+           f"{t['source']}" for t in rows]
+  return "\n".join([head] + lines)
 
 
 def format_target(t: dict[str, Any]) -> str:
@@ -480,7 +736,8 @@ def parse_arg(arg: str | None, valid: dict[str, Iterable[Any]] | None = None,
   Checked in this order: each ``valid[name]``, then ``dataset`` against
   :data:`DATASETS` and ``student`` against :data:`STUDENTS` when they are
   arguments, so a wrong value fails with the list of valid ones before any
-  lookup.
+  lookup. An empty value whose default is empty ("the protocol's own") is
+  not checked here.
   """
   a = config_lib.parse_arg(arg, **defaults)
   checks = dict(valid or {})
@@ -488,34 +745,65 @@ def parse_arg(arg: str | None, valid: dict[str, Iterable[Any]] | None = None,
     if name in defaults:
       checks.setdefault(name, values)
   for name, values in checks.items():
+    if a[name] == "" and defaults.get(name) == "":
+      continue
     choice(name, a[name], values)
   return a
 
 
-# The configs that run a distillation method under IGDM's protocol or its
-# official one, optionally plus IGDM (configs/cifar_ard.py, cifar_iad.py,
-# cifar_rslad.py) share their arguments.
-PROTOCOLS = ("igdm", "official")
+# Every distillation config takes ``protocol=`` (the valid values: the
+# protocols RECIPES has for its method; ``official`` alone for most), the
+# dataset, the student and teacher (empty: the protocol's own, RECIPES
+# ``student`` / ``teacher``) and a teacher file; the IGDM-capable ones also
+# ``igdm=0|1`` and ``igdm_alpha``.
 IGDM_TEACHERS = ("ltd", "bdm", "ikl")  # IGDM's tables; any adversarial teacher is accepted
 
 
-def protocol_arg(arg: str | None, teacher: str = "ltd") -> mlc.ConfigDict:
-  """The arguments of a protocol config, checked (:func:`parse_arg`).
+def protocol_arg(arg: str | None, method_key: str, /, *, protocol: str = "",
+                 igdm: bool = True, methods: tuple[str, ...] = (),
+                 valid: dict[str, Iterable[Any]] | None = None,
+                 **defaults: Any) -> mlc.ConfigDict:
+  """The checked arguments of a distillation config, with the protocol's defaults filled in.
 
-  ``protocol=igdm|official``, ``dataset``, ``student``, ``teacher``,
-  ``igdm=0|1``, ``igdm_alpha`` (0: IGDM App. B.2) and ``teacher_path``.
-  Defaults: IGDM protocol, CIFAR-10, ResNet-18, ``teacher`` (empty: the
-  config picks one per protocol), no IGDM.
+  ``method_key`` names the :data:`RECIPES` method whose protocols are valid;
+  with ``methods``, a ``method=`` argument (default ``method_key``, valid
+  ``methods``) names it instead. Arguments: ``protocol`` (default:
+  ``protocol``, else the method's first of :func:`protocols`), ``dataset``
+  (CIFAR-10), ``student`` and ``teacher`` (empty: the recipe's),
+  ``teacher_path``; with ``igdm``: ``igdm=0|1`` (off) and ``igdm_alpha`` (0:
+  IGDM App. B.2). ``defaults`` adds or overrides arguments, ``valid`` their
+  checks (:func:`parse_arg`). A protocol the method lacks fails with the
+  method's protocols; ``student`` is checked against :data:`STUDENTS` after
+  the protocol's default is filled in.
   """
-  return parse_arg(arg, {"protocol": PROTOCOLS}, protocol="igdm", dataset="cifar10",
-                   student="resnet18", teacher=teacher, igdm=False, igdm_alpha=0.0,
-                   teacher_path="")
+  args = dict(protocol="", dataset="cifar10", student="", teacher="", teacher_path="")
+  checks = dict(valid or {})
+  if methods:
+    args["method"] = method_key
+    checks["method"] = methods
+  if igdm:
+    args.update(igdm=False, igdm_alpha=0.0)
+  args.update(defaults)
+  a = parse_arg(arg, checks, **args)
+  key = a.method if methods else method_key
+  a.protocol = a.protocol or protocol or protocols(key)[0]
+  rec = recipe(key, a.protocol)  # an unknown protocol fails here, listing the valid ones
+  a.student = a.student or rec["student"]
+  a.teacher = a.teacher or rec["teacher"][a.dataset]
+  choice("student", a.student, STUDENTS)
+  return a
 
 
-def protocol_arg_strings(protocols: Iterable[str] = PROTOCOLS) -> list[str]:
-  """Every (protocol, dataset, student, IGDM teacher, igdm) setting of :func:`protocol_arg`."""
-  return arg_strings(protocol=tuple(protocols), dataset=DATASETS, student=STUDENTS,
-                     teacher=IGDM_TEACHERS, igdm=(False, True))
+def protocol_arg_strings(method: str, *, teachers: Iterable[str] = IGDM_TEACHERS,
+                         igdm: bool = True) -> list[str]:
+  """Settings of :func:`protocol_arg` for the tests: each protocol's defaults per
+  dataset, then every (protocol, dataset, student, teacher[, igdm]) combination."""
+  out = arg_strings(protocol=protocols(method), dataset=DATASETS)
+  axes = dict(protocol=protocols(method), dataset=DATASETS, student=STUDENTS,
+              teacher=tuple(teachers))
+  if igdm:
+    axes["igdm"] = (False, True)
+  return out + arg_strings(**axes)
 
 
 def teacher_entry(rec: dict[str, Any], path: str = "") -> dict[str, Any]:
@@ -540,50 +828,77 @@ def igdm_weight(a: Any, base: str, teacher_key: str | None = None) -> float:
   return a.igdm_alpha or igdm_alpha(a.student, a.dataset, teacher_key or a.teacher, base)
 
 
-def one_teacher_config(a: Any, rec: dict[str, Any], method: Any,
-                       t: dict[str, Any]) -> mlc.ConfigDict:
+def one_teacher_config(a: Any, rec: dict[str, Any], method: Any, t: dict[str, Any],
+                       notes: str = "") -> mlc.ConfigDict:
   """:func:`cifar_config` of a single-teacher distillation: ``a.student`` learns from ``t``.
 
   ``a`` holds the parsed ``dataset``, ``student`` and ``teacher_path``
   arguments; ``t`` is a :data:`TEACHERS` record (``teacher_path`` replaces its
   file), the one ``config.teachers`` entry is named ``teacher``.
   """
-  return cifar_config(a.dataset, a.student, rec, method,
+  return cifar_config(a.dataset, a.student, rec, method, notes=notes,
                       teachers={"teacher": teacher_entry(t, a.teacher_path)})
 
 
-def cifar_config(dataset: str, model: str, rec: dict[str, Any], method: Any, *,
-                 teachers: dict[str, Any] | None = None,
-                 model_kwargs: dict[str, Any] | None = None) -> mlc.ConfigDict:
-  """A full-size CIFAR run of the recipe ``rec`` (a :func:`recipe` record).
-
-  What every CIFAR config shares: ``rec``'s epochs, batch size, weight decay
-  and lr-decay epochs; SGD lr 0.1, momentum 0.9, piecewise schedule (x0.1 at
-  each decay epoch); raw [0, 1] pixels (``model.normalize = False``, as the
-  official codes feed them); eval batch 400 (divides the 10,000 test images
-  and any 1, 2, 4, 8 or 16 devices); PGD-20 at 8/255 every 5 epochs; a log line
-  every 100 steps. ``method`` is the ``config.method`` block, ``teachers`` the
-  ``config.teachers`` entries (None: none), ``model_kwargs`` the student's.
-  """
+def _run_config(*, data: dict[str, Any], model: str, method: Any, epochs: int, lr: float,
+                weight_decay: float, eps: float, log_every_steps: int,
+                teachers: dict[str, Any] | None, model_kwargs: dict[str, Any] | None
+                ) -> mlc.ConfigDict:
+  """``base_config()`` with what every config sets: data, model, method, teachers, SGD
+  (momentum 0.9, ``lr``, ``weight_decay``), PGD-20 at ``eps`` every 5 epochs."""
   c = config_lib.base_config()
-  c.num_epochs = rec["epochs"]
-  c.data.name = dataset
-  c.data.batch_size = rec["batch_size"][dataset]
-  c.data.eval_batch_size = 400
+  c.num_epochs = epochs
+  c.data.update(data)
   c.model.name = model
-  c.model.normalize = False
   if model_kwargs is not None:
     c.model.kwargs = model_kwargs
   c.method = method
   if teachers is not None:
     c.teachers = teachers
-  c.optim.lr = 0.1
-  c.optim.weight_decay = rec["weight_decay"]
-  c.optim.schedule = "piecewise"
-  c.optim.decay_epochs = rec["decay_epochs"]
-  c.eval.eps = 8 / 255
+  c.optim.lr = lr
+  c.optim.weight_decay = weight_decay
+  c.eval.eps = eps
   c.eval.every_epochs = 5
-  c.log_every_steps = 100
+  c.log_every_steps = log_every_steps
+  return c
+
+
+def cifar_config(dataset: str, model: str, rec: dict[str, Any], method: Any, *,
+                 teachers: dict[str, Any] | None = None,
+                 model_kwargs: dict[str, Any] | None = None,
+                 notes: str = "") -> mlc.ConfigDict:
+  """A full-size run of the recipe ``rec`` (a :func:`recipe` record) on ``dataset``.
+
+  What every paper config shares: ``rec``'s epochs, batch size and weight
+  decay (``igdm_weight_decay`` when ``method.igdm.alpha > 0``); SGD lr 0.1,
+  momentum 0.9, x0.1 at each of ``rec``'s decay epochs (``schedule =
+  'piecewise'``) or ``rec``'s lr table (``'table'``); the student in
+  PyTorch's default initialisation (``model.init = 'torch'``: the official
+  students are PyTorch modules, methods.md E12) on raw [0, 1] pixels
+  (``model.normalize = False``, as the official codes feed them); eval batch
+  400 (divides the 10,000 CIFAR test images and any 1, 2, 4, 8 or 16
+  devices); PGD-20 at 8/255 every 5 epochs; a log line every 100 steps;
+  ``config.provenance`` from ``rec`` plus ``notes``. ``method`` is the
+  ``config.method`` block, ``teachers`` the ``config.teachers`` entries
+  (None: none), ``model_kwargs`` the student's.
+  """
+  igdm_on = float(method.get("igdm", {}).get("alpha", 0.0)) > 0
+  c = _run_config(
+      data={"name": dataset, "batch_size": rec["batch_size"][dataset], "eval_batch_size": 400},
+      model=model, method=method, epochs=rec["epochs"], lr=0.1,
+      weight_decay=rec["igdm_weight_decay" if igdm_on else "weight_decay"], eps=8 / 255,
+      log_every_steps=100, teachers=teachers, model_kwargs=model_kwargs)
+  c.model.normalize = False
+  c.model.init = "torch"
+  if rec["lr_table"]:
+    c.optim.schedule = "table"
+    c.optim.lr_epochs, c.optim.lr_factors = (tuple(v) for v in rec["lr_table"])
+  else:
+    c.optim.schedule = "piecewise"
+    c.optim.decay_epochs = rec["decay_epochs"]
+  c.provenance.protocol = rec["protocol"]
+  c.provenance.sources = rec["source"]
+  c.provenance.notes = "; ".join(n for n in (rec["notes"], notes) if n)
   return c
 
 
@@ -596,6 +911,8 @@ CPU_DATA = {
     "cifar10_subset": {"name": "cifar10", "batch_size": 128, "eval_batch_size": 339,
                        "log_every_steps": 10},
 }
+# The only protocol of the CPU-sized distillation configs: short-run choices.
+SHORT_PROTOCOL = "short_run"
 
 
 def cpu_config(data: str, model: str, method: Any, *, epochs: int, eps: float,
@@ -605,28 +922,63 @@ def cpu_config(data: str, model: str, method: Any, *, epochs: int, eps: float,
 
   ``data`` is a key of :data:`CPU_DATA` (``data_dir`` where it was prepared,
   empty: the default); seed 0, SGD lr 0.05, momentum 0.9, weight decay 5e-4,
-  cosine schedule over ``epochs``; PGD-20 at ``eps`` every 5 epochs.
+  cosine schedule over ``epochs``; PGD-20 at ``eps`` every 5 epochs; Flax's
+  default initialisation (the measured behaviour of these configs).
   ``method``, ``teachers`` and ``model_kwargs`` as in :func:`cifar_config`.
   """
-  d = CPU_DATA[data]
-  c = config_lib.base_config()
-  c.seed = 0
-  c.num_epochs = epochs
-  c.data.name = d["name"]
+  d = dict(CPU_DATA[data])
+  log_every = d.pop("log_every_steps")
   if data_dir:
-    c.data.data_dir = data_dir
-  c.data.batch_size = d["batch_size"]
-  c.data.eval_batch_size = d["eval_batch_size"]
-  c.model.name = model
-  if model_kwargs is not None:
-    c.model.kwargs = model_kwargs
-  c.method = method
-  if teachers is not None:
-    c.teachers = teachers
-  c.optim.lr = 0.05
-  c.optim.weight_decay = 5e-4
+    d["data_dir"] = data_dir
+  c = _run_config(data=d, model=model, method=method, epochs=epochs, lr=0.05,
+                  weight_decay=5e-4, eps=eps, log_every_steps=log_every, teachers=teachers,
+                  model_kwargs=model_kwargs)
+  c.seed = 0
   c.optim.schedule = "cosine"
-  c.eval.eps = eps
-  c.eval.every_epochs = 5
-  c.log_every_steps = d["log_every_steps"]
+  c.provenance.protocol = SHORT_PROTOCOL
+  c.provenance.notes = ("CPU-sized choices, not a paper's recipe (paper_settings.SHORT_RUN, "
+                        "cpu_config)")
   return c
+
+
+# The official recipes' extra step details that are method fields (the
+# method's dataclass), by (method, protocol): PGD-AT's Plain_Madry extra
+# train-mode S(x) forward (E11; its clamped start is attack.init
+# 'gaussian_clamped'), IAD-I's extra train-mode S(x') forward (E10). A field
+# the method does not (yet) have is listed on the recipe card (provenance
+# notes) instead of silently dropped.
+OFFICIAL_STEP_FIELDS = {
+    ("pgd_at", "official"): {"extra_clean_forward": True},
+    ("iad", "official"): {"adv_bn_forward": True},
+}
+
+
+def step_fields(method: str, protocol: str) -> tuple[dict[str, Any], str]:
+  """``(fields the method has, note on those it lacks)`` of :data:`OFFICIAL_STEP_FIELDS`."""
+  from kdrobust import methods as methods_lib  # pylint: disable=g-import-not-at-top
+  want = OFFICIAL_STEP_FIELDS.get((method, protocol), {})
+  have = methods_lib.default_hparams(method)
+  fields = {k: v for k, v in want.items() if k in have}
+  missing = sorted(set(want) - set(fields))
+  note = (f"NOT REPRODUCED (kdrobust's {method} has no field {', '.join(missing)}): "
+          + ", ".join(f"{k}={want[k]}" for k in missing)) if missing else ""
+  return fields, note
+
+
+def adversarial_training_config(base: str, arg: str | None, **hparams: Any
+                                ) -> mlc.ConfigDict:
+  """configs/cifar10_pgd_at.py and cifar10_trades.py: ``base`` on CIFAR-10.
+
+  Arguments ``protocol`` (official, the default, or igdm: IGDM's re-run of
+  the baseline), ``arch`` (the student, default ResNet-18) and ``epochs``
+  (default: the protocol's; the recipe's decays beyond it are dropped).
+  ``hparams`` are the method's loss hyperparameters.
+  """
+  a = parse_arg(arg, {"protocol": protocols(base)}, protocol="official", arch="resnet18",
+                epochs=0)
+  r = recipe(base, a.protocol)
+  r["epochs"] = a.epochs or r["epochs"]
+  r["decay_epochs"] = tuple(e for e in r["decay_epochs"] if e < r["epochs"])
+  fields, note = step_fields(base, a.protocol)
+  method = config_lib.method_config(base, attack=r["attack"], **hparams, **fields)
+  return cifar_config("cifar10", a.arch, r, method, notes=note)

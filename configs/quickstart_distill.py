@@ -6,6 +6,9 @@ with AdaAD + IGDM, on real digits, on any CPU.
 
 (``python -m kdrobust.quickstart`` runs teacher, student and AutoAttack in one go.)
 
+Args: ``protocol=short_run`` (the only one), ``teacher=``, ``epochs=15``,
+``eps=0.1``, ``igdm=5.0`` (alpha), ``method=adaad``.
+
 Teacher: ``small_cnn`` trained by configs/quickstart.py (PGD-AT, eps 0.1).
 Student: ``tiny_cnn`` (widths 16-32-64, about 4x fewer parameters).
 Method: AdaAD (Huang et al. 2023): inner attack maximises KL(p_T(x') || p_S(x'))
@@ -31,8 +34,9 @@ import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,w
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, teacher="runs/quickstart/teacher", epochs=15, eps=0.1,
-                           igdm=5.0, method="adaad")
+  a = ps.parse_arg(arg, {"protocol": (ps.SHORT_PROTOCOL,)}, protocol=ps.SHORT_PROTOCOL,
+                   teacher="runs/quickstart/teacher", epochs=15, eps=0.1, igdm=5.0,
+                   method="adaad")
   method = config_lib.method_config(
       a.method, igdm_alpha=a.igdm, reduction="batchmean",
       attack=dict(eps=a.eps, step_size=a.eps / 4, steps=5, init="gaussian"))

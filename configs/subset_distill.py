@@ -21,7 +21,7 @@ MTARD and DARHT take a second teacher, ``teacher2=`` (default: the same run as
     python -m kdrobust.main --config configs/subset_distill.py:method=mtard,teacher2=runs/subset_natural \
         --workdir runs/subset/mtard
 
-Args: as configs/digits_distill.py (``method=``, ``igdm=<alpha>``,
+Args: as configs/digits_distill.py (``protocol=short_run``, ``method=``, ``igdm=<alpha>``,
 ``teacher=`` default ``runs/subset_pgd_at``, ``teacher2=``, ``epochs=10``,
 ``eps=0.03137`` = 8/255) plus ``data_dir=`` (default ``data/cifar10_subset``).
 
@@ -47,8 +47,6 @@ from __future__ import annotations
 import os
 import sys
 
-from kdrobust import config_lib
-
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
   sys.path.insert(0, _HERE)
@@ -57,9 +55,9 @@ import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,w
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, method="adaad", igdm=0.0, teacher="runs/subset_pgd_at",
-                           teacher2="", epochs=10, eps=8 / 255,
-                           data_dir="data/cifar10_subset")
+  a = ps.parse_arg(arg, {"protocol": (ps.SHORT_PROTOCOL,)}, protocol=ps.SHORT_PROTOCOL,
+                   method="adaad", igdm=0.0, teacher="runs/subset_pgd_at", teacher2="",
+                   epochs=10, eps=8 / 255, data_dir="data/cifar10_subset")
   # unroll=5: XLA:CPU runs the unrolled 5-step attack faster; 20 AdaAD steps took
   # 63 s of CPU with unroll=1 and 40 s with unroll=5 (environment.md has the why).
   method, teachers, student, model_kw = digits_distill.method_and_teachers(
