@@ -27,7 +27,8 @@ the teacher on the CLEAN x, alpha = 1 (the CE term is off).
   alpha = 1, KL ``batchmean``; 200 epochs, lr 0.1 x0.1 at 100 and 150, batch
   128, weight decay 2e-4 (the paper text: 5e-4; methods.md E3); inner step
   2/225, the default of the code's attacks.PGD (the paper text: 2/255), from
-  clip(x + U[-eps, eps]), student in eval mode.
+  clip(x + U[-eps, eps]), student in eval mode; the outer forwards run S(x)
+  then S(x') (``forward_order='clean_first'``, ard_cifar100.py:135-136).
 * ``protocol=official``: goldblum/AdversariallyRobustDistillation main.py as it
   runs: tau = 30, alpha = 1, ``elemmean`` (``nn.KLDivLoss()``); lr 0.1 for
   epochs 0-99 and 0.01 from 100 to 199 (its lr_schedule [100, 150] rebinds a
@@ -72,7 +73,7 @@ __doc__ += ps.targets_table(("ard",)) + "\n"
 LOSS = {
     "igdm": ps.LOSS_HPARAMS["ard"],
     "official": {"temperature": 30.0, "alpha": 1.0, "reduction": "elemmean",
-                 "teacher_input": "clean"},
+                 "teacher_input": "clean", "forward_order": "adv_first"},
 }
 
 

@@ -404,8 +404,9 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 LOSS_HPARAMS = {
     "pgd_at": {},
     "trades": {"beta": 6.0},
+    # IGDM's ard_cifar100.py:135-136 runs S(x) before S(x').
     "ard": {"temperature": 1.0, "alpha": 1.0, "reduction": "batchmean",
-            "teacher_input": "clean"},
+            "teacher_input": "clean", "forward_order": "clean_first"},
     "iad": {"alpha": 1.0, "temperature": 1.0, "beta": 0.1, "begin": 60,
             "reduction": "batchmean"},
     "iad2": {"alpha1": 0.5, "alpha2": 0.25, "temperature": 1.0, "beta": 0.1, "begin": 40},

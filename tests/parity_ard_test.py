@@ -1,7 +1,7 @@
-"""Step parity: ARD (official and IGDM protocols) vs a PyTorch transcription of the official step.
+"""Step parity: ARD (official and IGDM protocols) vs PyTorch transcriptions of each code's step.
 
-Transcribed (not copied) from ``goldblum/AdversariallyRobustDistillation@779ade3
-main.py`` (``AttackPGD.forward``, ``train``): the student network is in
+Official: transcribed (not copied) from ``goldblum/AdversariallyRobustDistillation@779ade3
+main.py`` (``AttackPGD.forward``, ``train``). The student network is in
 ``train()`` mode for the whole step, so each of the K attack forwards and the
 final forward at x' use batch statistics and update the running statistics:
 
@@ -14,9 +14,13 @@ final forward at x' use batch statistics and update the running statistics:
            + (1 - alpha) CE(basic_outputs, y)
     SGD(lr, momentum 0.9, weight_decay 2e-4).step()
 
-IGDM's re-run (``protocol=igdm``, ``ard_cifar100.py`` + ``attacks.py``) attacks
-in ``eval()`` mode from a clamped uniform start, ``tau = 1``, ``batchmean``.
-Tolerances: see :mod:`parity_common` (float64 both sides).
+IGDM protocol: ``Xavaitron/VLM_Distillation@a22ed64 ICLR_IGDM/ard_cifar100.py``
+with ``attacks.PGD``: the attack runs in ``eval()`` mode from ``clamp(x + U)``
+with step ``2/225`` on the mean CE; then ``S(x)`` and ``S(x')`` in train mode
+(in that order), ``tau = 1``, ``batchmean``.
+
+The kdrobust side is built from ``configs/cifar_ard.py`` as shipped (attack
+steps shrunk). Tolerances: :mod:`parity_common` (float64 both sides).
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdrobust import methods
 import parity_common as pc
+
+pytestmark = pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
 
 
 def torch_ard_step(s, t, opt, x, y, u, *, tau, alpha, reduction, attack_mode, clamp_start,
-                   steps, eps=pc.EPS, step=pc.STEP):
-  """One official ARD step on torch nets; returns the loss."""
+                   steps, clean_first, step, eps=pc.EPS):
+  """One official (or IGDM) ARD step on torch nets; returns the loss."""
   x, y, u = pc.nchw(x), torch.tensor(y), pc.nchw(u)
   s.train() if attack_mode == "train" else s.eval()
   xa = x.detach() + eps * u
@@ -46,10 +51,16 @@ def torch_ard_step(s, t, opt, x, y, u, *, tau, alpha, reduction, attack_mode, cl
     xa = torch.min(torch.max(xa, x - eps), x + eps).clamp(0.0, 1.0)
   s.train()
   opt.zero_grad()
-  outputs = s(xa)
+  if clean_first:
+    basic = s(x)
+    outputs = s(xa)
+  else:
+    outputs = s(xa)
+    basic = None
   with torch.no_grad():
     t_out = t(x)
-  basic = s(x)
+  if basic is None:
+    basic = s(x)
   logp = F.log_softmax(outputs / tau, dim=1)
   q = F.softmax(t_out / tau, dim=1)
   kl = F.kl_div(logp, q, reduction="mean" if reduction == "elemmean" else "batchmean")
@@ -59,56 +70,57 @@ def torch_ard_step(s, t, opt, x, y, u, *, tau, alpha, reduction, attack_mode, cl
   return float(loss.detach())
 
 
-PROTOCOLS = {
-    # protocol: (method hyperparameters, torch settings, weight decay)
-    "official": (dict(temperature=30.0, alpha=1.0, reduction="elemmean",
-                      attack={"bn_mode": "train", "init": "uniform_unclipped"}),
-                 dict(tau=30.0, alpha=1.0, reduction="elemmean", attack_mode="train",
-                      clamp_start=False), 2e-4),
-    "igdm": (dict(temperature=1.0, alpha=1.0, reduction="batchmean",
-                  attack={"bn_mode": "eval", "init": "uniform"}),
-             dict(tau=1.0, alpha=1.0, reduction="batchmean", attack_mode="eval",
-                  clamp_start=True), 2e-4),
-    # alpha < 1 exercises the CE term on S(x) (the official code's other branch).
-    "official_alpha_half": (dict(temperature=30.0, alpha=0.5, reduction="elemmean",
-                                 attack={"bn_mode": "train", "init": "uniform_unclipped"}),
-                            dict(tau=30.0, alpha=0.5, reduction="elemmean",
-                                 attack_mode="train", clamp_start=False), 2e-4),
+OFFICIAL = dict(tau=30.0, alpha=1.0, reduction="elemmean", attack_mode="train",
+                clamp_start=False, clean_first=False, step=2 / 255)
+IGDM = dict(tau=1.0, alpha=1.0, reduction="batchmean", attack_mode="eval",
+            clamp_start=True, clean_first=True, step=2 / 225)
+CASES = {
+    # config arg: (torch settings, extra method overrides)
+    "protocol=official": (OFFICIAL, {}),
+    "protocol=igdm": (IGDM, {}),
+    # alpha < 1 exercises the CE term on S(x) (the code's other branch).
+    "protocol=official,alpha=0.5": (dict(OFFICIAL, alpha=0.5), {"alpha": 0.5}),
 }
 
 
-@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
-def test_ard_step_matches_official(protocol):
-  hp, tset, wd = PROTOCOLS[protocol]
-  steps, lr = 10, 0.1
-  hp = dict(hp, attack=dict(hp["attack"], steps=steps))
-  method = methods.make("ard", **hp)
+def _run(arg, tset, overrides, steps):
+  from kdrobust import methods  # pylint: disable=g-import-not-at-top
+  base_arg = arg.split(",alpha")[0]
+  method, wd, _ = pc.config_recipe("cifar_ard.py", base_arg, steps=steps)
+  if overrides:
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    method = dataclasses.replace(method, **overrides)
+  assert isinstance(method, methods.get_class("ard")) and wd == 2e-4
   s_t, s_f, s_vars = pc.student_pair()
   t_t, teacher = pc.teacher_pair()
   batches = [pc.batch(0), pc.batch(1)]  # two steps: momentum and threaded statistics too
   noises = [[pc.uniform_noise(0)], [pc.uniform_noise(1)]]
   state, metrics = pc.run_kdrobust(method, s_f, s_vars, [teacher], batches, noises,
-                                   lr=lr, weight_decay=wd)
-  opt = pc.torch_sgd(s_t, lr, weight_decay=wd)
+                                   lr=0.1, weight_decay=wd)
+  opt = pc.torch_sgd(s_t, 0.1, weight_decay=wd)
   losses = [torch_ard_step(s_t, t_t, opt, x, y, n[0], steps=steps, **tset)
             for (x, y), n in zip(batches, noises)]
+  return state, metrics, losses, s_t
+
+
+@pytest.mark.parametrize("arg", sorted(CASES))
+def test_ard_step_matches_the_code(arg):
+  tset, overrides = CASES[arg]
+  steps = 10
+  state, metrics, losses, s_t = _run(arg, tset, overrides, steps)
   for i, (m, l) in enumerate(zip(metrics, losses)):
     pc.assert_close(m["loss"], l, what=f"loss of step {i}")
-  pc.assert_same_state(state, s_t, what=f"ARD {protocol}")
-  # The official step runs K + 2 train-mode forwards in train-mode attacks, 2 otherwise.
+  pc.assert_same_state(state, s_t, what=f"ARD {arg}")
+  # K + 2 train-mode forwards per step with a train-mode attack, 2 otherwise.
   want = 2 * ((steps + 2) if tset["attack_mode"] == "train" else 2)
   assert pc.bn_train_forward_count(s_t) == want
 
 
-def test_eval_mode_attack_differs_from_the_official_train_mode():
-  """The check can fail: attacking in eval mode does not reproduce the official statistics."""
-  hp, tset, wd = PROTOCOLS["official"]
-  method = methods.make("ard", **dict(hp, attack=dict(hp["attack"], bn_mode="eval", steps=3)))
-  s_t, s_f, s_vars = pc.student_pair()
-  t_t, teacher = pc.teacher_pair()
-  state, _ = pc.run_kdrobust(method, s_f, s_vars, [teacher], [pc.batch(0)],
-                             [[pc.uniform_noise(0)]], lr=0.1, weight_decay=wd)
-  torch_ard_step(s_t, t_t, pc.torch_sgd(s_t, 0.1, weight_decay=wd), *pc.batch(0),
-                 pc.uniform_noise(0), steps=3, **tset)
+@pytest.mark.parametrize("what", ["eval_attack", "clean_first"])
+def test_the_check_can_fail(what):
+  """Attacking in eval mode, or another forward order, does not reproduce the official step."""
+  tset = dict(OFFICIAL, attack_mode="eval") if what == "eval_attack" else dict(
+      OFFICIAL, clean_first=True)
+  state, _, _, s_t = _run("protocol=official", tset, {}, 3)
   with pytest.raises(AssertionError):
-    pc.assert_same_state(state, s_t, what="eval-mode attack")
+    pc.assert_same_state(state, s_t, what=what)

@@ -29,6 +29,8 @@ the two steps agree to rounding (the tolerances below).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
 from typing import Sequence
 
 import flax.linen as nn
@@ -279,3 +281,23 @@ def bn_train_forward_count(net: TorchNet) -> int:
   """``num_batches_tracked`` of the first BN: how many train-mode forwards ran."""
   return int(net.bn1.num_batches_tracked)
 
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_recipe(config_file: str, arg: str = "", **attack_overrides):
+  """``(method, weight_decay, config)`` of ``configs/<config_file>:<arg>`` as shipped.
+
+  ``attack_overrides`` (e.g. ``steps=3``) shrink the inner attack for speed;
+  everything else is the config's, so the parity test proves the shipped recipe.
+  """
+  from kdrobust import methods  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      f"parity_cfg_{config_file.replace('.', '_')}", os.path.join(ROOT, "configs", config_file))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config(arg or None)
+  m = c.method.to_dict()
+  m["attack"] = dict(m["attack"], **attack_overrides)
+  return methods.from_config(m), c.optim.weight_decay, c

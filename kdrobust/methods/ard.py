@@ -16,6 +16,7 @@ from kdrobust.methods.kd import (attack_kwargs, bn_only_forward, distill_kl,
 Array = jax.Array
 
 TEACHER_INPUTS = ("clean", "adv")
+FORWARD_ORDERS = ("adv_first", "clean_first")
 
 
 def ce_inner(logits_fn, x: Array, y: Array, key: Array, *, eps=8 / 255,
@@ -73,9 +74,16 @@ class ARD(Method):
   ``teacher_input = 'clean'`` is ARD's teacher on ``x``; ``'adv'`` puts the
   teacher on ``x'`` as KDIGA's ``ard`` branch does.
 
-  Batch-norm order follows the code: ``S(x')`` then ``S(x)`` (the clean
-  forward runs even with ``alpha = 1``, where it only updates the running
-  statistics; we then run it without a backward pass).
+  Batch-norm order: ``forward_order = 'adv_first'`` is the official code's,
+  ``S(x')`` (the last forward of its ``AttackPGD``) then ``S(x)``;
+  ``'clean_first'`` is IGDM's re-run (``ard_cifar100.py:135-136``:
+  ``nat_logits = S(x)`` then ``adv_logits = S(x')``). The clean forward runs
+  even with ``alpha = 1``, where it only updates the running statistics; we
+  then run it without a backward pass. The official attack runs the student
+  in train mode from an unclipped start (``attack.bn_mode='train'``,
+  ``attack.init='uniform_unclipped'``, methods.md E2); IGDM's in eval mode
+  from a clipped one (the class defaults). ``configs/cifar_ard.py`` sets each
+  protocol's fields; ``tests/parity_ard_test.py`` proves both steps.
   """
   name = "ard"
   teachers = (1, 1)
@@ -84,20 +92,29 @@ class ARD(Method):
   alpha: float = 1.0
   reduction: str = "elemmean"
   teacher_input: str = "clean"
+  forward_order: str = "adv_first"
 
   def __post_init__(self):
     if self.teacher_input not in TEACHER_INPUTS:
       raise ValueError(f"teacher_input must be one of {TEACHER_INPUTS}, "
                        f"got {self.teacher_input!r}.")
+    if self.forward_order not in FORWARD_ORDERS:
+      raise ValueError(f"forward_order must be one of {FORWARD_ORDERS}, "
+                       f"got {self.forward_order!r}.")
 
   def perturb(self, ctx):
     return ce_inner(ctx.student_inner, ctx.x, ctx.y, ctx.sub_key("attack"),
                     stateful=ctx.student_inner, **attack_kwargs(self.attack))
 
   def loss(self, ctx, student, x_adv, state):
-    s_adv = student(x_adv)
-    s_clean = (bn_only_forward(student, ctx.x) if is_one(self.alpha)
-               else student(ctx.x))
+    clean = lambda: (bn_only_forward(student, ctx.x) if is_one(self.alpha)
+                     else student(ctx.x))
+    if self.forward_order == "clean_first":
+      s_clean = clean()
+      s_adv = student(x_adv)
+    else:
+      s_adv = student(x_adv)
+      s_clean = clean()
     t_in = ctx.x if self.teacher_input == "clean" else x_adv
     t = sg(ctx.teacher(0)(t_in))
     loss, m = ard_loss(s_adv, s_clean, t, ctx.y, alpha=self.alpha,

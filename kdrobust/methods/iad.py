@@ -1,4 +1,11 @@
-"""IAD-I: Introspective Adversarial Distillation (Zhu et al., ICLR 2022)."""
+"""IAD: Introspective Adversarial Distillation (Zhu et al., ICLR 2022): IAD-I and IAD-II.
+
+Source: ``ZFancy/IAD@a8091a8 IAD-I.py`` and ``IAD-II.py``. Both official
+scripts attack with the student in ``train()`` mode from ``x + U[-eps, eps]``
+(not clamped before the first step, methods.md erratum E2): the recipes set
+``attack.bn_mode = 'train'`` and ``attack.init = 'uniform_unclipped'``
+(``configs/paper_settings.py``, ``protocol=official``).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +25,13 @@ Array = jax.Array
 
 
 def iad_weights(teacher_adv_logits: Array, labels: Array, beta: float = 0.1) -> Array:
-  """Teacher reliability ``w_i = p_T(y_i | x'_i)^beta`` (a constant: stop-gradient)."""
-  p = jax.nn.softmax(jnp.asarray(teacher_adv_logits, jnp.float32), axis=-1)
+  """Teacher reliability ``w_i = p_T(y_i | x'_i)^beta`` (a constant: stop-gradient).
+
+  The code reads each weight with ``.item()`` (``IAD-I.py:176-178``), so no
+  gradient flows through it. float32 logits give float32 weights (float64
+  stays float64: the step-parity tests).
+  """
+  p = jax.nn.softmax(losses.at_least_f32(teacher_adv_logits), axis=-1)
   p_y = jnp.take_along_axis(p, labels[:, None], axis=-1)[:, 0]
   return sg(p_y**beta)
 
@@ -78,31 +90,43 @@ def iad_loss(student_adv_logits: Array, student_clean_logits: Array | None,
   return loss, metrics
 
 
+def _weights_if(active: Array, teacher_adv_logits_fn, labels: Array, beta: float) -> Array:
+  """:func:`iad_weights` when ``active`` (teacher forward in a ``lax.cond``), else ones."""
+  on = lambda: iad_weights(teacher_adv_logits_fn(), labels, beta)
+  shape = jax.eval_shape(on)
+  return jax.lax.cond(active, on, lambda: jnp.ones(shape.shape, shape.dtype))
+
+
 @register
 @dataclasses.dataclass(frozen=True)
 class IAD(Method):
   """IAD-I, the ARD-based variant (methods.md section 3.5).
 
-  Inner: ARD's student-only CE PGD (``8/255, 2/255, 10`` steps, uniform start).
-  Outer, with ``w_i = p_T(y_i | x'_i)^beta`` (teacher on ``x'``, constant):
+  Inner: ARD's student-only CE PGD (``8/255, 2/255, 10`` steps). Outer, with
+  ``w_i = p_T(y_i | x'_i)^beta`` (teacher on ``x'``, constant) and ``e`` the
+  0-indexed epoch (``ctx.epoch - 1``):
 
   ``L = alpha tau^2 (1/B) sum_i KL(p_T^tau(x_i) || p_S^tau(x'_i))
         + [e >= begin] alpha (1/B) sum_i (1 - w_i) KL(p_S(x_i) || p_S(x'_i))
-        + (1 - alpha) (1/B) sum_i CE(S(x_i), y_i)``
+        + (1 - alpha) (1/B) sum_i CE(S(x_i), y_i)``.
 
-  with ``e`` the 0-indexed epoch (``ctx.epoch - 1``): the code's loop is
-  0-indexed, so with ``begin = 60`` the second term is on from the 61st
-  epoch. The self-introspection target ``p_S(x)`` is not detached (as in the
-  code). Source: ``ZFancy/IAD@a8091a8 IAD-I.py``; defaults ``alpha = 1``,
-  ``tau = 1``, ``beta = 0.1``, ``begin = 60``; the code's KLs are explicit
-  ``(1/B) sum``, i.e. ``reduction = 'batchmean'``.
+  The code's loop is 0-indexed, so with ``begin = 60`` the second term is on
+  from the 61st epoch. The self-introspection target ``p_S(x)`` is not
+  detached (as in the code). Source: ``ZFancy/IAD@a8091a8 IAD-I.py``
+  (``[C:IAD@a8091a8:IAD-I.py:159-181]``); defaults ``alpha = 1``, ``tau = 1``,
+  ``beta = 0.1``, ``begin = 60``; the code's KLs are explicit ``(1/B) sum``,
+  i.e. ``reduction = 'batchmean'``.
 
-  Batch-norm order follows the code: ``S(x')``, ``S(x)`` (the CE forward,
-  always run; without a backward pass when ``alpha = 1``), then, only when the
-  second term is on, a third ``S(x)`` (the introspection target), run inside a
-  ``lax.cond``. The teacher forward on ``x'`` for ``w`` is also skipped
-  before ``begin``. (The official code runs its PGD with the student in train
-  mode; we follow methods.md section 0: inference mode.)
+  Batch-norm order follows the code: the K attack forwards (``bn_mode='train'``
+  in the official recipe, E2), ``S(x')``, with ``adv_bn_forward`` a second
+  ``S(x')`` whose only effect is a running-statistics update (the code's
+  detached ``basicop``, E10), then, only when the second term is on, the
+  introspection target ``S(x)`` (in a ``lax.cond``), then ``S(x)`` for the CE
+  (always run, as in the code; without a backward pass when ``alpha = 1``).
+  (``adv_bn_forward`` defaults to False, the forward a re-implementation of the
+  loss does not have; ``protocol=official`` sets it, as IAD-I.py runs it. The
+  teacher forward on ``x'`` for ``w`` is skipped before ``begin``; the teacher
+  has no state, so this changes nothing.)
   """
   name = "iad"
   teachers = (1, 1)
@@ -112,6 +136,7 @@ class IAD(Method):
   beta: float = 0.1
   begin: int = 60
   reduction: str = "batchmean"
+  adv_bn_forward: bool = False
 
   def perturb(self, ctx):
     return ce_inner(ctx.student_inner, ctx.x, ctx.y, ctx.sub_key("attack"),
@@ -120,17 +145,83 @@ class IAD(Method):
   def loss(self, ctx, student, x_adv, state):
     active = iad_active(ctx.epoch, self.begin)
     s_adv = student(x_adv)
+    if self.adv_bn_forward:
+      bn_only_forward(student, x_adv)  # IAD-I.py:169 `basicop` (E10)
+    s_target = forward_if(student, active, ctx.x)
     s_clean = (bn_only_forward(student, ctx.x) if is_one(self.alpha)
                else student(ctx.x))
-    s_target = forward_if(student, active, ctx.x)
     teacher = ctx.teacher(0)
     t_clean = sg(teacher(ctx.x))
-    w = jax.lax.cond(active,
-                     lambda: iad_weights(teacher(x_adv), ctx.y, self.beta),
-                     lambda: jnp.ones(ctx.y.shape, jnp.float32))
+    w = _weights_if(active, lambda: teacher(x_adv), ctx.y, self.beta)
     loss, m = iad_loss(s_adv, s_clean, s_target, t_clean, w, ctx.y, active,
                        alpha=self.alpha, temperature=self.temperature,
                        reduction=self.reduction, mask=ctx.mask)
     m["train_accuracy"] = losses.reduce(losses.accuracy(s_clean, ctx.y), ctx.mask)
     m["train_adv_accuracy"] = losses.reduce(losses.accuracy(s_adv, ctx.y), ctx.mask)
+    return LossOut(loss, m, state)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class IAD2(Method):
+  """IAD-II: IAD with an adversarial and a natural teacher on ``x'`` (AKD-style).
+
+  Teachers, in the order of ``config.teachers``: ``T`` (adversarially
+  trained, teacher 0) and ``N`` (naturally trained, teacher 1). Inner: the
+  student-only CE PGD of IAD-I. With ``w_i = p_T(y_i | x'_i)^beta``
+  (constant), ``e`` the 0-indexed epoch and ``a_0 = 1 - a_1 - a_2``:
+
+  ``L = a_0 (1/B) sum_i CE(S(x'_i), y_i)
+        + a_1 tau^2 (1/B) sum_i w~_i KL(p_T^tau(x'_i) || p_S^tau(x'_i))
+        + [e >= begin] a_1 tau^2 (1/B) sum_i (1 - w_i) KL(p_S(x_i) || p_S(x'_i))
+        + a_2 tau^2 (1/B) sum_i KL(p_N^tau(x'_i) || p_S^tau(x'_i))``
+
+  with ``w~ = w`` from ``begin`` on and ``w~ = 1`` before (the code's
+  ``Alpha`` stays all ones until then). The CE is on ``x'``; the
+  introspection KL is at temperature 1 inside the ``a_1 tau^2`` bracket; the
+  target ``p_S(x)`` is not detached. Source: ``ZFancy/IAD@a8091a8 IAD-II.py``
+  (``[C:IAD@a8091a8:IAD-II.py:171-197]``): ``a_1 = 0.5``, ``a_2 = 0.25``,
+  ``tau = 1``, ``beta = 0.1``, ``begin = 40``, explicit ``(1/B) sum``
+  reductions. The script's optimizer and schedule are IAD-I's (SGD 0.1,
+  momentum 0.9, weight decay 2e-4, the E1 schedule), its natural teacher a
+  ResNet-18 (``pre_train/ST.py``).
+
+  Batch-norm order follows the code: the K attack forwards (train mode in the
+  official recipe), ``S(x')``, then, only from ``begin`` on, the
+  introspection target ``S(x)`` (in a ``lax.cond``). (Unlike IAD-I there is
+  no extra ``S(x')`` and no ``S(x)`` before ``begin``.)
+  """
+  name = "iad2"
+  teachers = (2, 2)
+  attack: InnerAttack = InnerAttack(init="uniform")
+  alpha1: float = 0.5
+  alpha2: float = 0.25
+  temperature: float = 1.0
+  beta: float = 0.1
+  begin: int = 40
+
+  def perturb(self, ctx):
+    return ce_inner(ctx.student_inner, ctx.x, ctx.y, ctx.sub_key("attack"),
+                    stateful=ctx.student_inner, **attack_kwargs(self.attack))
+
+  def loss(self, ctx, student, x_adv, state):
+    active = iad_active(ctx.epoch, self.begin)
+    tau2 = self.temperature**2
+    s_adv = student(x_adv)
+    s_target = forward_if(student, active, ctx.x)
+    t_adv = sg(ctx.teacher(0)(x_adv))
+    n_adv = sg(ctx.teacher(1)(x_adv))
+    w = _weights_if(active, lambda: t_adv, ctx.y, self.beta)
+    ce = losses.reduce(losses.xent(s_adv, ctx.y), ctx.mask)
+    kl_t = losses.reduce(w * losses.kl(s_adv, t_adv, temperature=self.temperature),
+                         ctx.mask, reduction="batchmean")
+    intro = jnp.where(active, introspection_term(s_adv, s_target, w, mask=ctx.mask), 0.0)
+    kl_n = distill_kl(s_adv, n_adv, temperature=self.temperature, reduction="batchmean",
+                      mask=ctx.mask)
+    a0 = 1.0 - self.alpha1 - self.alpha2
+    loss = a0 * ce + self.alpha1 * tau2 * (kl_t + intro) + self.alpha2 * tau2 * kl_n
+    m = {"ce": ce, "kl": kl_t, "kl_natural": kl_n, "introspection": intro,
+         "introspection_active": jnp.asarray(active, jnp.float32),
+         "teacher_reliability": losses.reduce(w, ctx.mask),
+         "train_adv_accuracy": losses.reduce(losses.accuracy(s_adv, ctx.y), ctx.mask)}
     return LossOut(loss, m, state)

@@ -1,6 +1,14 @@
 """KDIGA: Knowledge Distillation with Input Gradient Alignment.
 
-Shao, Yi, Chen, Hsieh; arXiv 2110.12072.
+Shao, Yi, Chen, Hsieh; arXiv 2110.12072. Source: the first author's code,
+``RulinShao/AdversariallyRobustDistillation@12e774f main.py``, whose
+``distill_method`` choices give the three methods here: ``kdiga`` (clean
+inputs), ``kdiga_rs`` (inputs with uniform noise, "random smoothing") and
+``kdiga_ard`` (the KD term on ARD points). Its ``AttackPGD`` runs with the
+student in ``train()`` mode from ``x + U[-eps, eps]`` (not clamped before the
+first step, methods.md erratum E2): the official recipe sets
+``attack.bn_mode = 'train'`` and ``attack.init = 'uniform_unclipped'``
+(``configs/paper_settings.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from kdrobust import losses
+from kdrobust.attacks import projected as pgd_lib
 from kdrobust.methods import register
 from kdrobust.methods.ard import ce_inner
 from kdrobust.methods.base import InnerAttack, LossOut, Method, TrainForward, sg
@@ -82,8 +91,9 @@ def kdiga_gradient_term(student_fn, teacher_fn, x: Array, labels: Array,
   else:
     g_s, aux = input_gradient(student_fn, x, labels, mask=mask), None
   g_t = sg(input_gradient(teacher_fn, x, labels, mask=mask))
-  b = x.shape[0] if mask is None else jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
-  term = gamma / b * safe_norm(g_s - g_t.astype(g_s.dtype))
+  dt = g_s.dtype
+  b = x.shape[0] if mask is None else jnp.maximum(jnp.sum(mask.astype(dt)), 1.0)
+  term = gamma / b * safe_norm(g_s - g_t.astype(dt))
   return (term, aux) if has_aux else term
 
 
@@ -111,6 +121,31 @@ def _gradient_term(student: TrainForward, teacher, x, y, gamma, mask):
   return term
 
 
+def random_smoothing(key: Array, x: Array, eps: float) -> Array:
+  """``x + U[-eps, eps]`` (not clipped to [0, 1]): ``kdiga_rs``'s noisy inputs.
+
+  The draw is :func:`kdrobust.attacks.projected.random_init` with
+  ``init='uniform_unclipped'`` (looked up at call time), so the step-parity
+  test injects PyTorch's draw the way it injects attack starts.
+  """
+  return pgd_lib.random_init(key, x, eps, init="uniform_unclipped")
+
+
+def _kdiga_clean_loss(method, ctx, student, x):
+  """The ``kdiga`` objective at the points ``x`` (the clean or the noisy inputs)."""
+  teacher = ctx.teacher(0)
+  s = student(x)
+  t = sg(teacher(x))
+  kl = distill_kl(s, t, temperature=method.temperature, reduction=method.reduction,
+                  mask=ctx.mask)
+  ce = losses.reduce(losses.xent(s, ctx.y), ctx.mask)
+  ga = _gradient_term(student, teacher, x, ctx.y, method.gamma, ctx.mask)
+  loss = method.alpha * method.temperature**2 * kl + (1.0 - method.alpha) * ce + ga
+  m = {"kl": kl, "ce": ce, "gradient_alignment": ga,
+       "train_accuracy": losses.reduce(losses.accuracy(s, ctx.y), ctx.mask)}
+  return loss, m
+
+
 @register
 @dataclasses.dataclass(frozen=True)
 class KDIGA(Method):
@@ -123,14 +158,18 @@ class KDIGA(Method):
   ``G_S`` differentiated in ``theta`` (double back-prop).
 
   Source: the first author's code, ``RulinShao/AdversariallyRobustDistillation@12e774f
-  main.py`` (``distill_method='kdiga'``): ``alpha = 0.5``, ``tau = 1``,
-  ``gamma = 0.5`` ("use gamma/bs"), ``nn.KLDivLoss()`` = ``elemmean``.
+  main.py`` (``distill_method='kdiga'``, ``[C:KDIGA@12e774f:main.py:168-196]``):
+  ``alpha = 0.5``, ``tau = 1``, ``gamma = 0.5`` ("use gamma/bs"),
+  ``nn.KLDivLoss()`` = ``elemmean``, ``||.||`` the 2-norm of the whole
+  ``B x C x H x W`` difference (``Tensor.norm(2)``).
   The paper's value of gamma is UNCONFIRMED (paper body unreadable); earlier
   commits used gamma in {1, 10, 100, 1000}.
 
-  Student in train mode for both forwards, in the code's order: ``S(x)`` (KD
-  and CE), then the gradient forward ``S(x)`` (its batch-norm statistics are
-  threaded too, so the running statistics move twice per step).
+  Batch-norm order follows the code: ``S(x)`` (KD and CE), then the gradient
+  forward ``S(x)``, both in train mode (batch statistics; its batch-norm
+  statistics are threaded too, so the running statistics move twice per step,
+  and ``G_S`` is the input gradient through the batch statistics, as in the
+  code).
   """
   name = "kdiga"
   teachers = (1, 1)
@@ -141,16 +180,45 @@ class KDIGA(Method):
 
   def loss(self, ctx, student, x_adv, state):
     del x_adv
-    teacher = ctx.teacher(0)
-    s = student(ctx.x)
-    t = sg(teacher(ctx.x))
-    kl = distill_kl(s, t, temperature=self.temperature, reduction=self.reduction,
-                    mask=ctx.mask)
-    ce = losses.reduce(losses.xent(s, ctx.y), ctx.mask)
-    ga = _gradient_term(student, teacher, ctx.x, ctx.y, self.gamma, ctx.mask)
-    loss = self.alpha * self.temperature**2 * kl + (1.0 - self.alpha) * ce + ga
-    m = {"kl": kl, "ce": ce, "gradient_alignment": ga,
-         "train_accuracy": losses.reduce(losses.accuracy(s, ctx.y), ctx.mask)}
+    loss, m = _kdiga_clean_loss(self, ctx, student, ctx.x)
+    return LossOut(loss, m, state)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class KDIGARs(Method):
+  """KDIGA on uniformly perturbed inputs ("random smoothing", methods.md section 4.1).
+
+  ``x~ = x + U[-noise_eps, noise_eps]`` (one draw per step, **not** clipped to
+  [0, 1]) replaces ``x`` before everything: the KD and CE terms and both input
+  gradients are taken at ``x~``:
+
+  ``L = alpha tau^2 KL_elemmean(p_T^tau(x~) || p_S^tau(x~))
+        + (1 - alpha) (1/B) sum_i CE(S(x~_i), y_i)
+        + (gamma / B) ||G_S(theta; x~) - G_T(x~)||_F``.
+
+  Source: ``RulinShao/AdversariallyRobustDistillation@12e774f main.py``
+  (``distill_method='kdiga_rs'``, ``[C:KDIGA@12e774f:main.py:168-173]``):
+  ``noise_eps = 8/255``; other defaults as ``kdiga``. A registered method
+  rather than a field of ``kdiga`` because the code selects it by name like
+  its other variants (``--distill_method kdiga_rs``), so the recipe, the run
+  name and the card name it; the noise is drawn by :func:`random_smoothing`.
+
+  Batch-norm order follows the code: ``S(x~)`` (KD and CE), then the gradient
+  forward ``S(x~)``, both in train mode. No attack.
+  """
+  name = "kdiga_rs"
+  teachers = (1, 1)
+  alpha: float = 0.5
+  temperature: float = 1.0
+  gamma: float = 0.5
+  reduction: str = "elemmean"
+  noise_eps: float = 8 / 255
+
+  def loss(self, ctx, student, x_adv, state):
+    del x_adv
+    x = random_smoothing(ctx.sub_key("random_smoothing"), ctx.x, self.noise_eps)
+    loss, m = _kdiga_clean_loss(self, ctx, student, x)
     return LossOut(loss, m, state)
 
 
@@ -159,19 +227,20 @@ class KDIGA(Method):
 class KDIGAArd(Method):
   """KDIGA on ARD adversarial points (``distill_method='kdiga_ard'``, methods.md section 4.1).
 
-  Inner (student in inference mode): ``x' = PGD(CE(S(.), y), x; 8/255,
-  step 1.6/255 (the code's 16/255/10), 10 steps, uniform start)``.
-  Outer (student in train mode):
+  Inner: ``x' = PGD(sum_i CE(S(x'_i), y_i), x; 8/255, step 1.6/255 (the
+  code's 16/255/10), 10 steps)``; the official recipe attacks in train mode
+  from the unclipped uniform start (E2). Outer (student in train mode):
+
   ``L = alpha tau^2 KL_elemmean(p_T^tau(x') || p_S^tau(x'))
         + (1 - alpha) (1/B) sum_i CE(S(x_i), y_i)
         + (gamma / B) ||G_S(theta; x) - G_T(x)||_F``
+
   (teacher on ``x'``; gradient alignment at the clean ``x``). Defaults as
   ``kdiga`` (the code's argparse defaults are shared): ``alpha = 0.5,
-  tau = 1, gamma = 0.5``.
+  tau = 1, gamma = 0.5``. Source: ``[C:KDIGA@12e774f:main.py:81-92,197-224]``.
 
-  Batch-norm order follows the code: ``S(x')``, the gradient forward ``S(x)``,
-  then ``S(x)`` for the CE. (The code runs its PGD in train mode; we follow
-  methods.md section 0: inference mode.)
+  Batch-norm order follows the code: the K attack forwards, ``S(x')``, the
+  gradient forward ``S(x)``, then ``S(x)`` for the CE (always run).
   """
   name = "kdiga_ard"
   teachers = (1, 1)

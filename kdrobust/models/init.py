@@ -144,7 +144,7 @@ def _collect(tree: Any, path: tuple[str, ...], rules: dict) -> None:
           f"init='torch': {where} has shape {tuple(kernel.shape)}; only dense (in, out) and "
           "2-D conv (kh, kw, in/groups, out) kernels have a known fan_in. Add a rule for "
           "this layer to kdrobust/models/init.py.")
-    fan_in = kernel.shape[-2] * kernel.shape[0] * kernel.shape[1] if kernel.ndim == 4 and kernel.shape[-2] > 1 else math.prod(kernel.shape[:-1])  # PLANTED
+    fan_in = math.prod(kernel.shape[:-1])
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     rules[path + ("kernel",)] = ("uniform", bound)
     if "bias" in tree:
