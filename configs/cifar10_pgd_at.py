@@ -19,15 +19,16 @@ Args: ``protocol=official|igdm``, ``arch=<kdrobust.models name>`` (default
   clamp(x + 0.001 N(0, I), 0, 1), student in eval mode; outer CE on the
   adversarial batch in train mode, after which the code runs one more
   train-mode S(x) forward whose only effect is a running-statistics update.
-  The start clamp and that forward are PgdAT's ``start_clamp`` and
-  ``extra_clean_forward`` fields (the recipe card says if this kdrobust lacks
-  them).
+  The start is ``attack.init='gaussian_clamped'`` and that forward PgdAT's
+  ``extra_clean_forward`` field (the recipe card says if this kdrobust lacks
+  it).
 * ``protocol=igdm``: IGDM's PGD-AT baseline (200 epochs, x0.1 at 100 and
   150, weight decay 2e-4, uniform start; as configs/cifar_igdm.py
   ``base=pgd_at,igdm=0``).
 
 The student starts from PyTorch's default initialisation
-(``model.init='torch'``, E12) on raw [0, 1] pixels. Evaluation: PGD-20 (step
+(``model.init='torch'``, E12; a WRN ``arch`` gets the official WideResNet's own
+re-initialisation, ``model.init='wrn'``) on raw [0, 1] pixels. Evaluation: PGD-20 (step
 2/255, uniform start) on the test set every 5 epochs; the best checkpoint by
 PGD-20 is kept. Target (IGDM Tab. 3, ResNet-18, IGDM's protocol): clean
 84.52, PGD-20 42.80, AA 41.12.

@@ -25,7 +25,7 @@ Args: ``protocol=official|igdm``, ``arch=<kdrobust.models name>`` (default
   ``base=trades,igdm=0``).
 
 The student starts from PyTorch's default initialisation
-(``model.init='torch'``, E12) on raw [0, 1] pixels. Target (IGDM Tab. 3,
+(``model.init='torch'``, E12; a WRN ``arch``: ``'wrn'``) on raw [0, 1] pixels. Target (IGDM Tab. 3,
 ResNet-18, IGDM's protocol): clean 82.46, PGD-20 49.13, AA 47.09.
 """
 

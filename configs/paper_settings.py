@@ -982,4 +982,9 @@ def adversarial_training_config(base: str, arg: str | None, **hparams: Any
   r["decay_epochs"] = tuple(e for e in r["decay_epochs"] if e < r["epochs"])
   fields, note = step_fields(base, a.protocol)
   method = config_lib.method_config(base, attack=r["attack"], **hparams, **fields)
-  return cifar_config("cifar10", a.arch, r, method, notes=note)
+  c = cifar_config("cifar10", a.arch, r, method, notes=note)
+  if a.arch.startswith("wrn"):
+    # The official WideResNets re-initialise themselves (He fan-out normal convs,
+    # zero linear bias) [C:TRADES@6e8e11b:models/wideresnet.py:74-82].
+    c.model.init = "wrn"
+  return c

@@ -72,6 +72,8 @@ INITS = {
     "flax": "Flax defaults (lecun_normal kernels, zero biases)",
     "torch": ("PyTorch defaults: kaiming_uniform_(a=sqrt(5)) conv/linear weights, "
               "U(+-1/sqrt(fan_in)) biases, BN weight 1 / bias 0"),
+    "wrn": ("the official WideResNets' re-initialisation: conv N(0, 2/(kh kw out)), "
+            "linear bias 0, BN weight 1 / bias 0 [C:TRADES@6e8e11b:models/wideresnet.py:74]"),
 }
 AUGMENT = {
     "pad_crop_flip": "zero-pad 4, random crop back, random horizontal flip",

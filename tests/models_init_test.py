@@ -325,7 +325,7 @@ def test_pure_jittable_and_keeps_input():
 
 
 def test_bad_inputs_are_clear_errors():
-  with pytest.raises(ValueError, match=r"model\.init 'pytorch'.*'flax', 'torch'"):
+  with pytest.raises(ValueError, match=r"model\.init 'pytorch'.*'flax', 'torch', 'wrn'"):
     init_lib.check_init("pytorch")
   cfg = config_lib.base_config()
   cfg.model.init = "kaiming"
@@ -336,3 +336,38 @@ def test_bad_inputs_are_clear_errors():
   with pytest.raises(ValueError, match=r"x/bias has shape \(3,\), expected \(5,\)"):
     init_lib.torch_default_init({"x": {"kernel": jnp.zeros((4, 5)), "bias": jnp.zeros((3,))}},
                                 jax.random.key(0))
+
+
+def test_wrn_scheme_is_the_official_wideresnet_reinit():
+  """init='wrn': conv N(0, 2/(kh kw out)), linear bias 0 [C:TRADES@6e8e11b:models/wideresnet.py:74-82].
+
+  Each conv kernel's sample variance is within 5 standard errors of
+  ``2 / (kh kw out)`` (``Var(w^2) = 2 s^4`` for a normal), its mean within 5
+  standard errors of 0, and a KS test against torch's own ``normal_`` draw of
+  the same shape has ``p > 1e-3``; the head's bias is exactly 0 and its kernel
+  keeps ``torch.nn.Linear``'s uniform bound.
+  """
+  from kdrobust import models as models_lib  # pylint: disable=g-import-not-at-top
+  model = models_lib.get("wrn", num_classes=10, depth=10, width=2)
+  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  params = init_lib.apply_init("wrn", v["params"], jax.random.PRNGKey(1))
+  flat = traverse_util.flatten_dict(params, sep="/")
+  convs = [(k, np.asarray(w)) for k, w in flat.items() if k.endswith("kernel") and w.ndim == 4]
+  assert len(convs) >= 8
+  for k, w in convs:
+    kh, kw, _, out = w.shape
+    var = 2.0 / (kh * kw * out)
+    n = w.size
+    assert abs(np.mean(w ** 2) / var - 1) <= 5 * math.sqrt(2.0 / n), k
+    assert abs(np.mean(w)) <= 5 * math.sqrt(var / n), k
+  k, w = max(convs, key=lambda kv: kv[1].size)
+  ref = torch.empty(w.shape[::-1]).normal_(0, math.sqrt(2.0 / (w.shape[0] * w.shape[1] * w.shape[3])))
+  assert stats.ks_2samp(w.ravel(), ref.numpy().ravel()).pvalue > 1e-3, k
+  dense = {k: np.asarray(a) for k, a in flat.items() if k.startswith("head/")}
+  np.testing.assert_array_equal(dense["head/bias"], 0.0)
+  bound = 1 / math.sqrt(dense["head/kernel"].shape[0])
+  assert np.abs(dense["head/kernel"]).max() <= bound * (1 + 1e-6)
+  # 'torch' differs: uniform convs with the fan-in bound.
+  t = traverse_util.flatten_dict(init_lib.apply_init("torch", v["params"], jax.random.PRNGKey(1)),
+                                 sep="/")
+  assert np.abs(np.asarray(t[k])).max() <= 1 / math.sqrt(np.prod(w.shape[:-1])) * (1 + 1e-6)

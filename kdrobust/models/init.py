@@ -41,11 +41,13 @@ network built from ``torch.nn.Conv2d``/``Linear``/``MultiheadAttention``/
 which are not ``torch.nn`` layers, keep the model's own initialisers. No paper's
 official student is a ViT (DARHT's ViTs are pretrained teachers).
 
-**Not covered.** The official WideResNets (TRADES' ``wideresnet.py`` and the copies
-in ARD, IAD, RSLAD, AdaAD, MTARD, ...) re-initialise themselves after
-construction (conv ``normal(0, sqrt(2 / (k*k*out_channels)))``, linear bias 0,
-[C:TRADES@6e8e11b:models/wideresnet.py:74]); ``'torch'`` gives the ``torch.nn``
-defaults, not that scheme. The official WRNs are teachers, loaded pretrained.
+**WideResNets: ``init='wrn'``.** The official WideResNets (TRADES' ``wideresnet.py``
+and the copies in ARD, IAD, RSLAD, AdaAD, MTARD, ...) re-initialise themselves after
+construction [C:TRADES@6e8e11b:models/wideresnet.py:74-82]: every conv weight
+``normal(0, sqrt(2 / (kh * kw * out_channels)))`` (He's fan-out normal), BatchNorm
+weight 1 / bias 0, linear bias 0 (the linear weight keeps ``torch.nn``'s default).
+``init='wrn'`` draws exactly that, for a WRN trained from scratch as TRADES/PGD-AT
+train theirs (the distillation papers' WRNs are pretrained teachers).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ import jax
 import jax.numpy as jnp
 
 # Valid values of ``config.model.init``.
-INITS = ("flax", "torch")
+INITS = ("flax", "torch", "wrn")
 
 # Child names of a Flax ``MultiHeadDotProductAttention`` parameter dict.
 _MHA_KEYS = ("query", "key", "value", "out")
@@ -73,12 +75,13 @@ def check_init(name: str) -> str:
 
 def apply_init(name: str, params: Any, key: jax.Array) -> Any:
   """``params`` re-initialised by scheme ``name`` (``'flax'`` returns them unchanged)."""
-  if check_init(name) == "torch":
-    return torch_default_init(params, key)
-  return params
+  name = check_init(name)
+  if name == "flax":
+    return params
+  return torch_default_init(params, key, scheme=name)
 
 
-def torch_default_init(params: Any, key: jax.Array) -> Any:
+def torch_default_init(params: Any, key: jax.Array, scheme: str = "torch") -> Any:
   """``params`` (a Flax params tree) with PyTorch's default initialisation.
 
   Pure: returns a new tree of the same structure, shapes and dtypes. Every
@@ -91,9 +94,14 @@ def torch_default_init(params: Any, key: jax.Array) -> Any:
   not depend on dict order), each mapped to ``-b + 2 b u``: one RNG op, which XLA
   compiles ~8x faster on CPU than one draw per leaf (ResNet-18: 7 s vs 56 s).
 
+  ``scheme='wrn'``: the official WideResNets' own re-initialisation instead
+  (module docstring): conv kernels from a second flat ``N(0, 1)`` draw scaled
+  by ``sqrt(2 / (kh kw out))``, dense biases 0.
+
   Args:
     params: the ``'params'`` collection of ``model.init(...)`` (a nested dict).
     key: a PRNG key.
+    scheme: ``'torch'`` or ``'wrn'``.
 
   Returns:
     The re-initialised params.
@@ -102,15 +110,20 @@ def torch_default_init(params: Any, key: jax.Array) -> Any:
     ValueError: a kernel whose layout is not known (rank other than 2 or 4
       outside an attention block), or a bias that does not match its kernel.
   """
+  if scheme not in ("torch", "wrn"):
+    raise ValueError(f"Unknown initialisation scheme {scheme!r}; valid: 'torch', 'wrn'.")
   rules: dict[tuple[str, ...], tuple[str, float]] = {}
-  _collect(params, (), rules)
+  _collect(params, (), rules, scheme)
   shapes: dict[tuple[str, ...], tuple[int, ...]] = {}
   _map_with_path(lambda path, leaf: shapes.setdefault(path, tuple(leaf.shape)), params, ())
-  offsets, total = {}, 0
-  for path in sorted(p for p, (kind, _) in rules.items() if kind == "uniform"):
-    offsets[path] = total
-    total += math.prod(shapes[path])
-  u = jax.random.uniform(key, (total,), jnp.float32) if total else None
+  offsets, totals = {}, {"uniform": 0, "normal": 0}
+  for path in sorted(p for p, (kind, _) in rules.items() if kind in totals):
+    kind = rules[path][0]
+    offsets[path] = totals[kind]
+    totals[kind] += math.prod(shapes[path])
+  u = jax.random.uniform(key, (totals["uniform"],), jnp.float32) if totals["uniform"] else None
+  z = (jax.random.normal(jax.random.fold_in(key, 1), (totals["normal"],), jnp.float32)
+       if totals["normal"] else None)
 
   def redraw(path, leaf):
     if path not in rules:
@@ -119,14 +132,16 @@ def torch_default_init(params: Any, key: jax.Array) -> Any:
     if kind == "zeros":
       return jnp.zeros_like(leaf)
     o = offsets[path]
+    if kind == "normal":
+      return (bound * z[o:o + leaf.size].reshape(leaf.shape)).astype(leaf.dtype)
     w = u[o:o + leaf.size].reshape(leaf.shape)
     return (2.0 * bound * w - bound).astype(leaf.dtype)
 
   return _map_with_path(redraw, params, ())
 
 
-def _collect(tree: Any, path: tuple[str, ...], rules: dict) -> None:
-  """Fill ``rules[path] = ('uniform', bound) | ('zeros', 0.)`` for every leaf to re-draw."""
+def _collect(tree: Any, path: tuple[str, ...], rules: dict, scheme: str = "torch") -> None:
+  """Fill ``rules[path] = ('uniform', bound) | ('normal', std) | ('zeros', 0.)`` per leaf."""
   if not _is_dict(tree):
     return
   if _is_mha(tree):
@@ -147,12 +162,16 @@ def _collect(tree: Any, path: tuple[str, ...], rules: dict) -> None:
     fan_in = math.prod(kernel.shape[:-1])
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     rules[path + ("kernel",)] = ("uniform", bound)
+    if scheme == "wrn" and kernel.ndim == 4:  # n = kh * kw * out_channels
+      rules[path + ("kernel",)] = ("normal", math.sqrt(2.0 / math.prod(
+          (kernel.shape[0], kernel.shape[1], kernel.shape[3]))))
     if "bias" in tree:
       _check_bias(tree["bias"], (kernel.shape[-1],), path)
-      rules[path + ("bias",)] = ("uniform", bound)
+      rules[path + ("bias",)] = (("zeros", 0.0) if scheme == "wrn" and kernel.ndim == 2
+                                 else ("uniform", bound))
     return
   for k in tree:
-    _collect(tree[k], path + (str(k),), rules)
+    _collect(tree[k], path + (str(k),), rules, scheme)
 
 
 def _collect_mha(tree: Any, path: tuple[str, ...], rules: dict) -> None:
