@@ -66,9 +66,11 @@ def adaad_loss(student_adv_logits: Array, teacher_adv_logits: Array,
 class AdaAD(Method):
   """AdaAD (methods.md sections 5.1-5.2).
 
-  Inner (student in inference mode, teacher in inference mode, gradient
-  through both): ``x' = argmax_{||x' - x||_inf <= eps} KL(p_T(x') || p_S(x'))``
-  by PGD, ``eps = 8/255, step = 2/255, K = 10``, gaussian start.
+  Inner (student in inference mode, ``net.eval()``; teacher in inference
+  mode; the input gradient flows through both):
+  ``x' = argmax_{||x' - x||_inf <= eps} sum_i KL(p_T(x'_i) || p_S(x'_i))`` by
+  PGD, ``eps = 8/255, step = 2/255, K = 10``, start ``x + 0.001 N(0, I)``
+  (not clamped; every step projects to the ball, then clamps to [0, 1]).
   Outer (student in train mode):
   ``L = lambda red_i KL(p_T(x'_i) || p_S(x'_i)) + (1 - lambda) red_i KL(p_T(x_i) || p_S(x_i))``,
   ``tau = 1``, no CE; ``lambda`` is the field ``alpha`` (``--AdaAD_alpha``),
@@ -76,13 +78,26 @@ class AdaAD(Method):
 
   ``reduction``: the code uses ``nn.KLDivLoss()`` = ``'elemmean'`` on
   CIFAR-10 (default here) and an explicit ``(1/B) sum`` = ``'batchmean'`` on
-  CIFAR-100 (CIFAR-100 configs must set it). Source:
-  ``boyellow/AdaAD@9e5c6e5 AT_helper.py adaad_inner_loss, main.py``. The
-  code's argparse default radius is the "larger search radius" 16/255, step
-  4/255; methods.md gives 8/255, 2/255 as the default and we follow it.
+  CIFAR-100 (CIFAR-100 configs must set it). The IGDM protocol uses
+  ``'batchmean'`` on both datasets (methods.md E4: IGDM's
+  ``adaad_cifar100.py`` and the authors' later ``HongsinLee/saad adaad.py``,
+  run on CIFAR-10 by its ``main.sh``). Source:
+  ``boyellow/AdaAD@9e5c6e5 AT_helper.py:8-48 adaad_inner_loss, main.py:326-353``.
+  The code's argparse default radius is the "larger search radius" 16/255,
+  step 4/255; its README commands pass 8/255, 2/255, our default.
+
+  ``main.py``'s ``--mixture`` flag ("Is mixture of clean and adversarial
+  loss", ``main.py:54-55``) is read only in its ``Plain_Madry`` branch
+  (``main.py:320-322``, where it needs an ``args.mixture_alpha`` that the
+  parser never defines, so it fails there): that mixture is PGD-AT's
+  ``mixture_alpha`` (:mod:`kdrobust.methods.pgd_at`). The AdaAD branch ignores
+  the flag and always mixes by ``--AdaAD_alpha``, which is ``alpha`` here.
 
   Batch-norm order follows the code: ``S(x)`` (run even with ``lambda = 1``,
-  then without a backward pass) then ``S(x')``.
+  then without a backward pass) then ``S(x')``: two train-mode forwards per
+  step. (The authors' later SAAD ``adaad.py`` runs ``S(x')`` alone; IGDM's
+  ``a22ed64`` AdaAD script runs both, as here.) Step parity with the code,
+  both reductions and ``lambda < 1``: ``tests/parity_adaad_test.py``.
   """
   name = "adaad"
   teachers = (1, 1)
@@ -120,7 +135,7 @@ class AdaIAD(Method):
         + [e >= begin] a (1/B) sum_i (1 - w_i) KL(p_S(x_i) || p_S(x'_i))
         + (1 - a) (1/B) sum_i CE(S(x_i), y_i)``.
 
-  Source: ``boyellow/AdaAD@9e5c6e5 main.py`` (``--method AdaAD_with_IAD1``):
+  Source: ``boyellow/AdaAD@9e5c6e5 main.py:355-382`` (``--method AdaAD_with_IAD1``):
   ``a = IAD_alpha = 1``, ``beta = 0.1``, ``begin = 60``, explicit
   ``(1/B) sum`` reductions (``'batchmean'``), and ``tau = --temp``, whose
   default **30** the README command does not override, so we default to 30.
@@ -129,7 +144,12 @@ class AdaIAD(Method):
   Batch-norm order follows the code: ``S(x)``, ``S(x')``, then (only when the
   second term is on, in a ``lax.cond``) the introspection target ``S(x)``
   (not detached), then ``S(x)`` for the CE (without a backward pass when
-  ``a = 1``).
+  ``a = 1``): 3 train-mode forwards before ``begin``, 4 after. The code's
+  loop is 0-indexed (``main.py:517``), so with ``begin = 60`` the second term
+  starts in the 61st epoch (:func:`~kdrobust.methods.iad.iad_active`). The
+  teacher runs on ``x'`` only (``guide`` and ``teacher_outputs`` are the same
+  forward). Step parity with the code on both sides of ``begin``:
+  ``tests/parity_adaad_test.py``.
   """
   name = "adaiad"
   teachers = (1, 1)

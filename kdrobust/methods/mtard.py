@@ -11,14 +11,18 @@ from kdrobust import losses
 from kdrobust.methods import register
 from kdrobust.methods.ard import ce_inner
 from kdrobust.methods.base import InnerAttack, LossOut, Method, sg
-from kdrobust.methods.kd import attack_kwargs, distill_kl
+from kdrobust.methods.kd import attack_kwargs
+from kdrobust.methods.rslad import OFFICIAL_LOG_EPS, soft_label_kl
 
 Array = jax.Array
 
 
 def mtard_init_state() -> dict[str, Array]:
-  """``w_adv = w_nat = 0.5`` and no first-batch losses yet (``initialized = 0``)."""
-  f = lambda v: jnp.asarray(v, jnp.float32)
+  """``w_adv = w_nat = 0.5`` and no first-batch losses yet (``initialized = 0``).
+
+  Float32, or float64 in x64 mode (the float64 step-parity test).
+  """
+  f = lambda v: jnp.asarray(v, jnp.result_type(float))
   return {"w_adv": f(0.5), "w_nat": f(0.5), "init_adv": f(0.0), "init_nat": f(0.0),
           "initialized": f(0.0)}
 
@@ -49,9 +53,9 @@ def weight_lr_at(epoch, weight_lr: float, decay_epochs, decay_factor: float) -> 
   the learning rate and ``lr_w`` by 0.1 at the *end* of epochs 215, 260, 285,
   so epoch 216 is the first with the decayed value.
   """
-  e = jnp.asarray(epoch, jnp.float32)
-  n = sum((e > m).astype(jnp.float32) for m in decay_epochs) if decay_epochs else 0.0
-  return weight_lr * jnp.asarray(decay_factor, jnp.float32) ** n
+  e = jnp.asarray(epoch)
+  n = sum((e > m).astype(jnp.int32) for m in decay_epochs) if decay_epochs else 0
+  return weight_lr * jnp.asarray(decay_factor, jnp.result_type(float)) ** n
 
 
 @register
@@ -62,19 +66,26 @@ class MTARD(Method):
   **Teacher order: teacher 0 = adversarially trained ``T_adv``, teacher 1 =
   naturally trained ``T_nat``** (the order of ``config.teachers``).
 
-  Inner (student in inference mode): student-only CE PGD, ``8/255, 2/255,
-  10`` steps, gaussian start (``mtard_inner_loss_ce``).
+  Inner (student in inference mode, ``net.eval()``): student-only CE PGD,
+  ``8/255, 2/255, 10`` steps from ``x + 0.001 N(0, I)`` (not clamped)
+  (``mtard_inner_loss_ce``; its mean CE has the sign of our summed CE).
   Outer (student in train mode):
-  ``L = w_adv scale red_i KL(p_{T_adv}(x'_i) || p_S(x'_i))
-      + w_nat scale red_i KL(p_{T_nat}(x_i) || p_S(x_i))``
-  with the same reduction as RSLAD (``batchmean / 10`` = the code's mean over
-  ``B*C`` on CIFAR-10 and its ``x10`` on CIFAR-100).
+  ``L = w_adv L_adv + w_nat L_nat``,
+  ``L_adv = scale red_i sum_c p_{T_adv}(x'_i) [log(p_{T_adv}(x'_i) + eps) - log p_S(x'_i)]``,
+  ``L_nat = scale red_i sum_c p_{T_nat}(x_i) [log(p_{T_nat}(x_i) + eps) - log p_S(x_i)]``,
+  i.e. RSLAD's reduction (``batchmean / 10`` = the code's mean over ``B*C`` on
+  CIFAR-10 and its ``x10`` on CIFAR-100) with the code's ``eps = log_eps =
+  1e-5`` inside the log of the target (``0`` = exact KL). Unlike RSLAD, the
+  ``1e-5`` matters here beyond the logged value: the weights below use the
+  loss *values* (``kl_Loss.item()``), so the official ``L`` includes it. The
+  metrics ``kl_adv`` / ``kl_nat`` are these ``L_adv`` / ``L_nat``.
 
   Weights (method state, updated every step *before* the loss is formed, as
   in the code): ``w_nat`` starts at 0.5; the first batch's two losses are
   recorded in the state (``init_adv``, ``init_nat``); then
   ``w_nat <- w_nat - lr_w (w_nat - r_n / (r_a + r_n))`` with
-  ``r = (L / L^0)^b``, ``b = 1``, ``w_adv = 1 - w_nat``.
+  ``r = (L / L^0)^b``, ``b = 1``, ``w_adv = 1 - w_nat`` (constants: no
+  gradient flows through the weights).
   ``lr_w = 0.025`` decayed by ``x0.1`` together with the lr: we chose explicit
   fields ``weight_lr``, ``weight_lr_decay_epochs = (215, 260, 285)`` and
   ``weight_lr_decay_factor`` (the code decays at the end of those epochs,
@@ -82,9 +93,13 @@ class MTARD(Method):
   optimizer's schedule, so the method stays independent of the optimizer; a
   config with another lr schedule must set them to match.
 
-  Source: ``zhaoshiji123/MTARD@6480a1b mtard_loss.py, mtard_resnet18_cifar10.py``.
-  Batch-norm order: ``S(x')`` then ``S(x)``. The code's ``log(p_T + 1e-5)``
-  is replaced by the exact KL (only a constant in ``theta`` changes).
+  Source: ``zhaoshiji123/MTARD@6480a1b mtard/mtard_loss.py:27-58,
+  mtard/mtard_resnet18_cifar10.py:19,42-53,65-103,135-138`` (the
+  CIFAR-100 script differs only by the ``x10``).
+  Batch-norm order: ``S(x')`` (the end of ``mtard_inner_loss_ce``) then
+  ``S(x)``; ``T_nat(x)`` and ``T_adv(x')`` in inference mode. Step parity
+  with the code over two steps (the carried weights) and across the
+  ``lr_w`` decay: ``tests/parity_mtard_test.py``.
   Which natural-teacher architecture the paper used is UNCONFIRMED.
   """
   name = "mtard"
@@ -96,6 +111,7 @@ class MTARD(Method):
   weight_lr_decay_epochs: tuple[int, ...] = (215, 260, 285)
   weight_lr_decay_factor: float = 0.1
   b: float = 1.0
+  log_eps: float = OFFICIAL_LOG_EPS
 
   def init_state(self, num_classes):
     del num_classes
@@ -110,8 +126,10 @@ class MTARD(Method):
     s_clean = student(ctx.x)
     t_adv = sg(ctx.teacher(0)(x_adv))
     t_nat = sg(ctx.teacher(1)(ctx.x))
-    l_adv = self.scale * distill_kl(s_adv, t_adv, reduction=self.reduction, mask=ctx.mask)
-    l_nat = self.scale * distill_kl(s_clean, t_nat, reduction=self.reduction, mask=ctx.mask)
+    kl = lambda s, t: self.scale * soft_label_kl(s, t, reduction=self.reduction,
+                                                 log_eps=self.log_eps, mask=ctx.mask)
+    l_adv = kl(s_adv, t_adv)
+    l_nat = kl(s_clean, t_nat)
     first = state["initialized"] < 0.5
     init_adv = jnp.where(first, sg(l_adv), state["init_adv"])
     init_nat = jnp.where(first, sg(l_nat), state["init_nat"])
@@ -121,7 +139,7 @@ class MTARD(Method):
                                        init_nat, lr_w, b=self.b)
     loss = w_adv * l_adv + w_nat * l_nat
     new_state = {"w_adv": w_adv, "w_nat": w_nat, "init_adv": init_adv, "init_nat": init_nat,
-                 "initialized": jnp.ones((), jnp.float32)}
+                 "initialized": jnp.ones_like(state["initialized"])}
     m = {"kl_adv": l_adv, "kl_nat": l_nat, "w_adv": w_adv, "w_nat": w_nat,
          "weight_lr": lr_w,
          "train_accuracy": losses.reduce(losses.accuracy(s_clean, ctx.y), ctx.mask),
