@@ -45,9 +45,13 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
   return mlc.ConfigDict(out)
 
 
-def method_config(name: str, *, igdm_alpha: float = 0.0, **overrides: Any
-                  ) -> mlc.ConfigDict:
-  """``config.method`` for ``name``: the method's paper defaults, then overrides."""
+def method_config(name: str, *, igdm_alpha: float = 0.0, igdm_beta: float = 1.0,
+                  igdm_gamma: float = 1.0, **overrides: Any) -> mlc.ConfigDict:
+  """``config.method`` for ``name``: the method's paper defaults, then overrides.
+
+  ``igdm`` holds the IGDM plug-in (active when ``alpha > 0``): its weight and
+  the scales ``beta``, ``gamma`` of its two points ``x + beta d``, ``x - gamma d``.
+  """
   hp = methods_lib.default_hparams(name)
   attack_overrides = overrides.pop("attack", {})
   unknown = sorted(set(overrides) - set(hp))
@@ -56,7 +60,8 @@ def method_config(name: str, *, igdm_alpha: float = 0.0, **overrides: Any
   hp.update(overrides)
   if "attack" in hp:
     hp["attack"] = dict(hp["attack"], **attack_overrides)
-  block = {"name": name, **hp, "igdm": {"alpha": igdm_alpha}}
+  block = {"name": name, **hp,
+           "igdm": {"alpha": igdm_alpha, "beta": igdm_beta, "gamma": igdm_gamma}}
   return mlc.ConfigDict(block)
 
 

@@ -85,11 +85,13 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
     if out.skip is not None:
       keep = keep | out.skip
     new_ms = out.state if out.state is not None else state.method_state
-    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, b, a), new, old)
+    pick = lambda new, old, k=keep: jax.tree.map(lambda a, b: jnp.where(k, b, a), new, old)
     new_state = state.replace(
         step=state.step + 1,
         params=pick(new_params, state.params),
-        batch_stats=pick(new_bs, state.batch_stats),
+        # A skipped batch's forwards have run (as in PyTorch, where the skip
+        # comes after them), so its statistics stand; non-finite ones do not.
+        batch_stats=pick(new_bs, state.batch_stats, ~finite),
         opt_state=pick(new_opt, state.opt_state),
         method_state=pick(new_ms, state.method_state),
         nonfinite=state.nonfinite + (~finite).astype(jnp.int32))

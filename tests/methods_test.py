@@ -561,7 +561,7 @@ def test_igdm_wrap_rules():
     with pytest.raises(ValueError, match="IGDM"):
       methods.make(bad, igdm={"alpha": 1.0})
   with pytest.raises(ValueError, match="Unknown IGDM option"):
-    methods.make("ard", igdm={"alpha": 1.0, "beta": 2.0})
+    methods.make("ard", igdm={"alpha": 1.0, "delta": 2.0})
   hash(m)  # static argument of jit
 
 

@@ -201,7 +201,9 @@ class LossOut(NamedTuple):
 
   ``state`` is the method's carried state (e.g. MTARD's teacher weights);
   ``skip`` (bool scalar) asks the step to leave parameters, optimizer and
-  batch statistics unchanged for this batch (DARHT skips batches whose CE
+  method state unchanged for this batch; the batch-norm running statistics
+  its forwards moved are kept, as in the official code, where the skip
+  follows the forwards (DARHT skips batches whose CE
   exceeds a threshold).
   """
   loss: Array

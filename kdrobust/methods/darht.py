@@ -60,8 +60,8 @@ def darht_kd_loss(slots: Array, teacher_logits: Sequence[Array], labels: Array,
            for i, t in enumerate(teacher_logits)]
   else:
     c = slots.shape[-1]
-    per = [losses.reduce(jnp.sum(jnp.square(slots[:, i].astype(jnp.float32)
-                                            - sg(t).astype(jnp.float32)), -1), mask,
+    per = [losses.reduce(jnp.sum(jnp.square(losses.at_least_f32(slots[:, i])
+                                            - losses.at_least_f32(sg(t))), -1), mask,
                          reduction="elemmean", num_classes=c)
            for i, t in enumerate(teacher_logits)]
   divs = jnp.stack(per)
@@ -77,6 +77,16 @@ def darht_phase(epoch, kd_start_epoch: int = 50, ce_stop_epoch: int = 118
   """
   e = jnp.asarray(epoch, jnp.float32) - 1.0
   return e < ce_stop_epoch, e >= kd_start_epoch
+
+
+def draw_coin(key: Array, p_adv: float) -> Array:
+  """The per-batch coin: ``True`` (attack) with probability ``p_adv``.
+
+  The code's ``data_flag = random.choice([0, 1])``, ``1`` = PGD input
+  (``DARHT_CIFAR_100_stateful_MWU.py:155-165``). A module function so that the
+  step-parity test can inject the outcome (as it injects attack starts).
+  """
+  return jax.random.bernoulli(key, p_adv)
 
 
 def find_slots(intermediates: Any) -> Array:
@@ -111,10 +121,16 @@ class DARHT(Method):
   (``K`` = number of teachers, in ``config.teachers`` order), sowing
   ``intermediates/teacher_slots`` ``[B, K, C]``.
 
-  Input (``perturb``): with probability ``p_adv = 0.5`` per batch the
-  student-only CE PGD ``x~ = PGD(CE(h(g(phi(.))), y), x; eps = 0.031,
-  step = 0.003, K = 10, gaussian start)`` (student in inference mode), else
+  Input (``perturb``): with probability ``p_adv = 0.5`` per batch
+  (:func:`draw_coin`, the code's ``random.choice([0, 1])``) the student-only
+  CE PGD ``x~ = PGD(meanCE(h(g(phi(.))), y), x; eps = 0.031, step = 0.003,
+  K = 10, start x + 0.001 N(0, I) unclamped)`` with the student in inference
+  mode (``earlystop.py mtard_inner_loss_ce``: ``model.eval()``), else
   ``x~ = x``; one ``lax.cond``, so only the chosen branch runs.
+  ``attack.bn_mode='train'`` is refused (CHOICE: the official attack is
+  eval-mode, and threading batch statistics out of the ``lax.cond`` branch
+  would add a mode no DARHT code has); ``'eval'`` (default) and ``'batch'``
+  are accepted.
 
   Loss (student in train mode, one forward on ``x~``), with ``e = ctx.epoch - 1``
   the code's 0-indexed epoch:
@@ -123,9 +139,19 @@ class DARHT(Method):
   ``w_k = exp(-(1/B) sum_i CE(t_k(x~_i), y_i))`` recomputed every batch, not
   normalised, constant. The teachers only run (inside a ``lax.cond``) when the
   KD term is on. Batches whose mean CE exceeds ``ce_skip_threshold = 8`` are
-  skipped through ``LossOut.skip`` (in PyTorch the skipped forward had still
-  moved the batch-norm running statistics; here nothing changes).
+  skipped through ``LossOut.skip``: parameters and optimizer state unchanged,
+  as in the code's ``continue``. DEVIATION: in PyTorch the skipped forward had
+  already moved the batch-norm running statistics; ``train_step`` keeps the
+  old ones on a skip (``tests/parity_darht_test.py`` marks it ``xfail``).
   Metrics ``darht_w_k`` are the teacher weights (0 while the KD term is off).
+
+  The official step is ``zero_grad()``, attack, one forward, backward, SGD
+  step. In the KD-only phase the prediction head ``h`` gets no gradient; with
+  the PyTorch 1.x the authors ran (``zero_grad`` zeroes gradients) SGD still
+  applies weight decay and momentum to it, as optax does here; PyTorch >= 2.0
+  (``set_to_none=True``) would skip it and freeze ``h``.
+  Step parity (every curriculum phase, both coin outcomes, KL and MSE, the
+  skip): ``tests/parity_darht_test.py``.
 
   Source: ``bayesomicslab/DARHT@5c0a1ff DARHT_CIFAR_100_stateful_MWU.py``
   (``cal_kd_loss``, ``train``), ``kd_loss='kl'`` (``'mse'``: the code's MSE
@@ -153,7 +179,7 @@ class DARHT(Method):
       raise ValueError(f"Unknown DARHT kd_loss {self.kd_loss!r}; valid: {', '.join(KD_LOSSES)}.")
 
   def perturb(self, ctx):
-    coin = jax.random.bernoulli(ctx.sub_key("mix"), self.p_adv)
+    coin = draw_coin(ctx.sub_key("mix"), self.p_adv)
     return jax.lax.cond(
         coin,
         lambda x: ce_inner(ctx.student_inner, x, ctx.y, ctx.sub_key("attack"),
@@ -178,8 +204,9 @@ class DARHT(Method):
       return kd, w, kls
 
     def without_kd(z):
-      zeros = jnp.zeros((n,), jnp.float32)
-      return jnp.zeros((), jnp.float32), zeros, zeros
+      dt = losses.at_least_f32(z).dtype  # float64 in the parity tests
+      zeros = jnp.zeros((n,), dt)
+      return jnp.zeros((), dt), zeros, zeros
 
     kd, w, kls = jax.lax.cond(use_kd, with_kd, without_kd, slots)
     loss = jnp.where(use_ce, ce, 0.0) + jnp.where(use_kd, kd, 0.0)
