@@ -23,7 +23,7 @@ no IAD script; kdrobust's ``protocol=igdm`` is IAD-I's step with IGDM's
 ``attacks.PGD`` (``model.eval()``, start ``clamp(x + U[-eps, eps], 0, 1)``,
 projection ``clamp(x + clamp(x_k - x, -eps, eps), 0, 1)``, then
 ``model.train()``) and ``outputs = S(x')``, without E10's extra forward (the
-config's choice, see docs/_fidelity/kd.md).
+config's choice, see docs/fidelity.md, IAD section).
 
 IAD-II (adversarial teacher T, natural teacher N, both on x')::
 
