@@ -132,7 +132,11 @@ TEACHERS: dict[str, dict[str, dict[str, Any]]] = {
         "gowal70": _t("Gowal2020Uncovering", "cifar100", "wrn70_16",
                       {"variant": "dm", "activation": "swish", **_C100},
                       "DeepMind WRN-70-16 without extra data (RSLAD/MTARD/DARHT teacher, "
-                      "cifar100_linf_wrn70-16_without.pt)", (60.86, 30.03)),
+                      "cifar100_linf_wrn70-16_without.pt)", (60.86, 30.03),
+                      note=("RSLAD's CIFAR-100 script builds it with CIFAR-10's mean/std and "
+                            "calls teacher.half() on float32 inputs, so it cannot run as "
+                            "released; kdrobust uses CIFAR-100's statistics, as RobustBench "
+                            "and DeepMind do")),
     },
     # IGDM Tab. 1's other teachers; neither is public (no RobustBench id).
     # SVHN: IGDM's own PGD-AT WRN-34-10. CHOICE: train it with kdrobust
