@@ -42,13 +42,8 @@ def torch_ard_step(s, t, opt, x, y, u, *, tau, alpha, reduction, attack_mode, cl
   xa = x.detach() + eps * u
   if clamp_start:
     xa = torch.clamp(xa, 0.0, 1.0)
-  for _ in range(steps):
-    xa.requires_grad_()
-    with torch.enable_grad():
-      loss = F.cross_entropy(s(xa), y, reduction="sum")
-    g = torch.autograd.grad(loss, [xa])[0]
-    xa = xa.detach() + step * torch.sign(g.detach())
-    xa = torch.min(torch.max(xa, x - eps), x + eps).clamp(0.0, 1.0)
+  xa = pc.torch_pgd(lambda v: F.cross_entropy(s(v), y, reduction="sum"), x, xa, steps=steps,
+                    step=step, eps=eps)
   s.train()
   opt.zero_grad()
   if clean_first:

@@ -169,6 +169,25 @@ def normal_noise(seed: int, shape=(B, HW, HW, 3)) -> np.ndarray:
 
 # ---------------------------------------------------------------- PyTorch side
 
+def torch_pgd(objective, x: torch.Tensor, start: torch.Tensor, *, steps: int, step: float = STEP,
+              eps: float = EPS) -> torch.Tensor:
+  """The official codes' sign-gradient loop (ARD/IAD/KDIGA ``AttackPGD``, RSLAD, MTARD).
+
+  ``x_{k+1} = clamp(min(max(x_k + step sign(grad objective(x_k)), x - eps), x + eps), 0, 1)``,
+  starting from ``start`` exactly as given (the caller clamps it or not, as its code does).
+  The network's mode (``train()``/``eval()``) is the caller's.
+  """
+  xa = start
+  for _ in range(steps):
+    xa.requires_grad_()
+    with torch.enable_grad():
+      loss = objective(xa)
+    g = torch.autograd.grad(loss, [xa])[0]
+    xa = xa.detach() + step * torch.sign(g.detach())
+    xa = torch.min(torch.max(xa, x - eps), x + eps).clamp(0.0, 1.0)
+  return xa
+
+
 def torch_sgd(model: tnn.Module, lr: float, momentum: float = 0.9,
               weight_decay: float = 2e-4) -> torch.optim.SGD:
   return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,

@@ -78,14 +78,8 @@ def method_from_config(arg: str, **override):
 def attack_pgd_train(s, x, y, u, *, step, eps=pc.EPS):
   """IAD's ``AttackPGD.forward`` (train mode, unclamped start): ``(S(x_K), x_K)``."""
   s.train()
-  xa = x.detach() + eps * u
-  for _ in range(STEPS):
-    xa.requires_grad_()
-    with torch.enable_grad():
-      loss = F.cross_entropy(s(xa), y, reduction="sum")
-    g = torch.autograd.grad(loss, [xa])[0]
-    xa = xa.detach() + step * torch.sign(g.detach())
-    xa = torch.min(torch.max(xa, x - eps), x + eps).clamp(0.0, 1.0)
+  xa = pc.torch_pgd(lambda v: F.cross_entropy(s(v), y, reduction="sum"), x,
+                    x.detach() + eps * u, steps=STEPS, step=step, eps=eps)
   return s(xa), xa
 
 

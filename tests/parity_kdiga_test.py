@@ -78,14 +78,8 @@ def method_from_config(name: str, arg: str | None, steps: int = STEPS, **overrid
 def torch_attack(s, x, y, u, *, steps, step, eps=pc.EPS):
   """``AttackPGD.forward`` with ``s`` in train mode: returns ``(S(x_K), x_K)``."""
   s.train()
-  xa = x.detach() + eps * u  # no clamp before the first step
-  for _ in range(steps):
-    xa.requires_grad_()
-    with torch.enable_grad():
-      loss = F.cross_entropy(s(xa), y, reduction="sum")
-    g = torch.autograd.grad(loss, [xa])[0]
-    xa = xa.detach() + step * torch.sign(g.detach())
-    xa = torch.min(torch.max(xa, x - eps), x + eps).clamp(0.0, 1.0)
+  xa = pc.torch_pgd(lambda v: F.cross_entropy(s(v), y, reduction="sum"), x,
+                    x.detach() + eps * u, steps=steps, step=step, eps=eps)  # no clamp at the start
   return s(xa), xa
 
 

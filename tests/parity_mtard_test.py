@@ -77,20 +77,6 @@ def nets(num_classes: int):
   return s_t, pc.FlaxNet(num_classes=num_classes), pc.flax_variables(s_t), t_adv, t_nat, teachers
 
 
-def torch_pgd(objective, x, start, *, steps, eps=pc.EPS, step=pc.STEP):
-  """The official sign-gradient loop: ascend, project to the ball, clamp to [0, 1]."""
-  xa = start
-  for _ in range(steps):
-    xa.requires_grad_()
-    with torch.enable_grad():
-      loss = objective(xa)
-    g = torch.autograd.grad(loss, [xa])[0]
-    xa = xa.detach() + step * torch.sign(g.detach())
-    xa = torch.min(torch.max(xa, x - eps), x + eps)
-    xa = torch.clamp(xa, 0.0, 1.0)
-  return xa
-
-
 class OfficialMTARD:
   """The official loop's state (``weight``, ``init_loss_*``, ``weight_learn_rate``) and step.
 
@@ -117,7 +103,7 @@ class OfficialMTARD:
     with torch.no_grad():
       t_nat_logits = self.t_nat(x)
     s.eval()
-    xa = torch_pgd(lambda u: F.cross_entropy(s(u), y), x, x.detach() + 0.001 * n, steps=steps)
+    xa = pc.torch_pgd(lambda u: F.cross_entropy(s(u), y), x, x.detach() + 0.001 * n, steps=steps)
     s.train()
     xa = torch.clamp(xa, 0.0, 1.0).detach()
     self.opt.zero_grad()

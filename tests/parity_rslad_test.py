@@ -74,20 +74,6 @@ def nets(num_classes: int):
   return s_t, pc.FlaxNet(num_classes=num_classes), pc.flax_variables(s_t), t_t, teacher
 
 
-def torch_pgd(objective, x, start, *, steps, eps=pc.EPS, step=pc.STEP):
-  """The official sign-gradient loop: ascend, project to the ball, clamp to [0, 1]."""
-  xa = start
-  for _ in range(steps):
-    xa.requires_grad_()
-    with torch.enable_grad():
-      loss = objective(xa)
-    g = torch.autograd.grad(loss, [xa])[0]
-    xa = xa.detach() + step * torch.sign(g.detach())
-    xa = torch.min(torch.max(xa, x - eps), x + eps)
-    xa = torch.clamp(xa, 0.0, 1.0)
-  return xa
-
-
 def torch_rslad_step(s, t, opt, x, y, n, *, steps, cifar100, log_eps=1e-5,
                      nat_first=False, attack_mode="eval"):
   """One official RSLAD step on torch nets; returns the loss.
@@ -102,7 +88,7 @@ def torch_rslad_step(s, t, opt, x, y, n, *, steps, cifar100, log_eps=1e-5,
   s.train() if attack_mode == "train" else s.eval()
   target = F.softmax(t_logits, dim=1)
   objective = lambda u: torch.sum(F.kl_div(F.log_softmax(s(u), dim=1), target, reduction="none"))
-  xa = torch_pgd(objective, x, x.detach() + 0.001 * n, steps=steps)
+  xa = pc.torch_pgd(objective, x, x.detach() + 0.001 * n, steps=steps)
   s.train()
   xa = torch.clamp(xa, 0.0, 1.0).detach()
   opt.zero_grad()
