@@ -4,8 +4,12 @@ Clean accuracy, FGSM, PGD-20, CW-inf and AutoAttack (stage by stage) on the
 first ``--num_examples`` test points (dataset order, as RobustBench), at the
 run's ``config.eval.eps`` or at every epsilon of ``--eps 2/255,4/255,8/255``.
 Prints a table, writes ``DIR/eval/<name>.json`` (never overwriting one
-without ``--overwrite``) and flags gradient-masking signs. The presets, the
-JSON fields and the warnings are documented in ``docs/evaluation.md``.
+without ``--overwrite``) and flags gradient-masking signs. PGD-20 and CW-inf
+follow the papers' code (the last iterate; ``pgd20_best``/``cw_best`` are
+kdrobust's any-iterate variants). ``--robustbench`` also writes
+``DIR/eval/<name>.robustbench.json``, the model-info file of a RobustBench
+submission. The presets, the JSON fields and the warnings are documented in
+``docs/evaluation.md``.
 
 Library use::
 
@@ -25,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -38,7 +43,19 @@ from kdrobust.evaluation import presets as presets_lib
 from kdrobust.evaluation import report
 from kdrobust.evaluation import runner
 
-FORMAT = "kdrobust.evaluate/1"
+FORMAT = "kdrobust.evaluate/2"  # 2: pgd20/cw are the papers' last-iterate presets
+
+# RobustBench's model_info/<dataset>/<threat model>/<Model>.json fields, in its
+# order [C:robustbench@78fcc9e:model_info/cifar10/Linf/*.json; robustbench/utils.py ModelInfo].
+ROBUSTBENCH_FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes",
+                      "dataset", "venue", "architecture", "eps", "clean_acc", "reported",
+                      "footnote", "autoattack_acc", "unreliable")
+# Fields a user may set (--robustbench_field KEY=VALUE); the measured ones are not.
+ROBUSTBENCH_SETTABLE = ("link", "name", "authors", "additional_data", "number_forward_passes",
+                        "venue", "architecture", "reported", "footnote", "external",
+                        "unreliable")
+ROBUSTBENCH_DATASETS = {"cifar10": ("cifar10", 10000), "cifar100": ("cifar100", 10000),
+                        "imagenet2012": ("imagenet", 5000)}
 
 
 class EvaluationError(ValueError):
@@ -171,7 +188,10 @@ def load_test_data(config, num_examples: int | None = None, *, data_dir: str | N
 # ----------------------------------------------------------------------------
 def default_name(step: int, requested: str, eps_list, norm: str, *, num_examples=None,
                  attacks=presets_lib.DEFAULT_ATTACKS, aa_version: str = "standard") -> str:
-  """``best-step120_linf_eps8-255[_n1000][_clean-pgd20][_aa-plus]``."""
+  """``best-step120_linf_eps8-255[_n1000][_clean-pgd20][_aa-plus]``.
+
+  The AutoAttack batch size is not in the name (it is in the record).
+  """
   tag = f"{requested}-step{step}" if requested in ("best", "latest") else f"step{step}"
   name = f"{tag}_{norm}_eps" + "_".join(presets_lib.eps_slug(l) for _, l in eps_list)
   if num_examples:
@@ -228,11 +248,136 @@ def build_record(results: dict[str, Any], *, headline: int, meta: dict[str, Any]
             "attacks": results["attacks"], "aa_version": results["aa_version"],
             "presets": {k: p.describe() for k, p in presets_lib.PRESETS.items()
                         if k in results["attacks"]},
+            "iterate": {k: p.describe()["iterate"] for k, p in presets_lib.PRESETS.items()
+                        if k in results["attacks"]},
             "seed": results["seed"], "batch_size": results["batch_size"],
+            "aa_batch_size": results.get("aa_batch_size"),
             "per_eps": results["per_eps"]}
+  if aa is not None:
+    record["robustbench"]["aa_batch_size"] = results.get("aa_batch_size")
   if "aa" in results["attacks"]:
     record["autoattack_stages"] = top.get("autoattack", {}).get("stages", [])
   return record
+
+
+# ----------------------------------------------------------------------------
+# RobustBench model info.
+# ----------------------------------------------------------------------------
+def robustbench_architecture(model: dict[str, Any]) -> str:
+  """RobustBench's spelling of a kdrobust architecture (``wrn34_10`` -> ``WideResNet-34-10``).
+
+  ``model`` is the run's ``model.json`` model block (``name``, ``kwargs``);
+  an unknown name is returned as it is.
+  """
+  name = str(model.get("name", ""))
+  kw = model.get("kwargs") or {}
+  m = re.fullmatch(r"wrn(\d+)_(\d+)", name)
+  if m:
+    return f"WideResNet-{m.group(1)}-{m.group(2)}"
+  if name == "wrn" and "depth" in kw and "width" in kw:
+    return f"WideResNet-{kw['depth']}-{kw['width']}"
+  m = re.fullmatch(r"(preact_)?resnet(\d+)(_imagenet)?", name)
+  if m:
+    return ("PreActResNet-" if m.group(1) else "ResNet-") + m.group(2)
+  fixed = {"mobilenet_v2": "MobileNetV2", "vit_b": "ViT-B", "vit_s": "ViT-S",
+           "vit_ti": "ViT-Ti"}
+  return fixed.get(name, name)
+
+
+def parse_robustbench_fields(fields) -> dict[str, Any]:
+  """``['name=My model', 'additional_data=true']`` (or a dict) -> typed RobustBench fields.
+
+  ``additional_data`` and ``unreliable`` are booleans, ``number_forward_passes``
+  an integer, ``reported``/``external`` percentages (a number becomes a
+  2-decimal string), the rest strings. Only :data:`ROBUSTBENCH_SETTABLE`
+  keys are accepted: the measured fields come from the evaluation.
+  """
+  if not fields:
+    return {}
+  if isinstance(fields, dict):
+    items = list(fields.items())
+  else:
+    items = []
+    for item in fields:
+      key, sep, value = str(item).partition("=")
+      if not sep:
+        raise EvaluationError(f"--robustbench_field wants KEY=VALUE, got {item!r}.")
+      items.append((key.strip(), value))
+  out: dict[str, Any] = {}
+  for key, value in items:
+    if key not in ROBUSTBENCH_SETTABLE:
+      raise EvaluationError(f"Unknown or measured RobustBench field {key!r}; settable: "
+                            f"{', '.join(ROBUSTBENCH_SETTABLE)}.")
+    if key in ("additional_data", "unreliable"):
+      if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+          raise EvaluationError(f"RobustBench field {key} is true or false, got {value!r}.")
+        value = value.strip().lower() in ("true", "1", "yes")
+      out[key] = bool(value)
+    elif key == "number_forward_passes":
+      try:
+        out[key] = int(value)
+      except (TypeError, ValueError):
+        raise EvaluationError(f"number_forward_passes is an integer, got {value!r}.") from None
+    elif key in ("reported", "external") and not isinstance(value, str):
+      out[key] = f"{float(value):.2f}"
+    else:
+      out[key] = str(value)
+  return out
+
+
+def robustbench_model_info(record: dict[str, Any], *, architecture: str | None = None,
+                           fields: dict[str, Any] | None = None) -> dict[str, Any]:
+  """The model-info JSON of a RobustBench submission, from an evaluation record.
+
+  The fields and their formats are RobustBench's ``model_info/<dataset>/
+  <threat model>/<Model>.json`` (attacks.md section 7): percentages as
+  2-decimal strings, ``eps`` as written (``"8/255"``), ``dataset`` in
+  RobustBench's names. ``clean_acc``, ``autoattack_acc``, ``eps`` and
+  ``dataset`` are measured; ``reported`` defaults to the AutoAttack figure
+  and ``footnote`` says how it was measured; ``link``, ``authors`` and
+  ``venue`` are left empty for the submitter; ``fields`` (see
+  :func:`parse_robustbench_fields`) sets any settable field.
+  """
+  rb = record["robustbench"]
+  if rb.get("autoattack_acc") is None:
+    raise EvaluationError("The RobustBench model info needs an AutoAttack figure.")
+  ds = ROBUSTBENCH_DATASETS.get(record.get("dataset"), (record.get("dataset"), None))[0]
+  n = record["num_examples"]
+  method = record.get("method") or "model"
+  info = {
+      "link": "", "name": f"{method} {record.get('model') or ''} (kdrobust)".replace("  ", " "),
+      "authors": "", "additional_data": False, "number_forward_passes": 1,
+      "dataset": ds, "venue": "",
+      "architecture": architecture or str(record.get("model") or ""),
+      "eps": record["eps_str"], "clean_acc": rb["clean_acc"],
+      "reported": rb["autoattack_acc"],
+      "footnote": (f"AutoAttack {record.get('aa_version', 'standard')} by kdrobust's JAX port "
+                   f"of fra31/auto-attack, on the first {n} test points, seed "
+                   f"{record.get('seed')}, batch size {record.get('aa_batch_size')}."),
+      "autoattack_acc": rb["autoattack_acc"], "unreliable": False}
+  info.update(fields or {})
+  order = list(ROBUSTBENCH_FIELDS)
+  order.insert(order.index("autoattack_acc") + 1, "external")
+  return {k: info[k] for k in order if k in info}
+
+
+def _robustbench_summary(record: dict[str, Any], info: dict[str, Any], path: str
+                         ) -> dict[str, Any]:
+  """What the kdrobust record says about the model-info file written next to it."""
+  ds = record.get("dataset")
+  rb_ds, full_n = ROBUSTBENCH_DATASETS.get(ds, (None, None))
+  notes = []
+  if rb_ds is None:
+    notes.append(f"{ds} is not a RobustBench dataset (cifar10, cifar100, imagenet).")
+  if full_n is not None and record["num_examples"] < full_n:
+    notes.append(f"RobustBench evaluates {full_n} test points; this evaluation used "
+                 f"{record['num_examples']}.")
+  return {"path": path,
+          "model_info_dir": f"model_info/{rb_ds or ds}/{record['norm']}",
+          "to_fill": [k for k in ("link", "authors", "venue") if not info.get(k)],
+          "full_test_set": None if full_n is None else record["num_examples"] >= full_n,
+          "notes": notes}
 
 
 # ----------------------------------------------------------------------------
@@ -324,13 +469,22 @@ class Plan:
   name: str
   json_path: str
   png_path: str | None
+  aa_batch_size: int = presets_lib.AA_BATCH_SIZE
+  robustbench_path: str | None = None
+  robustbench_fields: dict | None = None
 
 
 def plan(workdir: str, *, checkpoint="best", num_examples=None, eps=None,
          attacks=presets_lib.DEFAULT_ATTACKS, aa_version="standard", norm="Linf",
          name=None, overwrite=False, write=True, plot=False, teacher=None,
-         local_linearity=False, transfer_from=None) -> Plan:
-  """Check every input and the output paths; raises before any compute."""
+         local_linearity=False, transfer_from=None, aa_batch_size=None,
+         robustbench=False) -> Plan:
+  """Check every input and the output paths; raises before any compute.
+
+  ``aa_batch_size``: None takes the run's ``config.eval.aa_batch_size``, else
+  :data:`~kdrobust.evaluation.presets.AA_BATCH_SIZE`. ``robustbench``: True,
+  or the RobustBench fields to set (:func:`parse_robustbench_fields`).
+  """
   attacks = presets_lib.parse_attacks(attacks)
   norm_c = presets_lib.canonical_norm(norm)
   if aa_version not in presets_lib.AA_VERSIONS:
@@ -338,6 +492,17 @@ def plan(workdir: str, *, checkpoint="best", num_examples=None, eps=None,
                           f"{', '.join(presets_lib.AA_VERSIONS)}.")
   if num_examples is not None and num_examples <= 0:
     raise EvaluationError(f"--num_examples must be positive, got {num_examples}.")
+  if aa_batch_size is not None and int(aa_batch_size) <= 0:
+    raise EvaluationError(f"--aa_batch_size must be positive, got {aa_batch_size}.")
+  rb_fields = None
+  if robustbench:
+    if "aa" not in attacks:
+      raise EvaluationError("--robustbench needs AutoAttack: add aa to --attacks.")
+    if aa_version != "standard":
+      raise EvaluationError("--robustbench needs --aa_version standard (RobustBench's "
+                            f"leaderboard runs AutoAttack standard), got {aa_version!r}.")
+    rb_fields = parse_robustbench_fields(robustbench if not isinstance(robustbench, bool)
+                                         else None)
   _check_extras(teacher=teacher, local_linearity=local_linearity,
                 transfer_from=transfer_from, plot=plot)
   config, spec = _run_files(workdir)
@@ -349,12 +514,15 @@ def plan(workdir: str, *, checkpoint="best", num_examples=None, eps=None,
                               attacks=attacks, aa_version=aa_version)
   json_path = os.path.join(workdir, "eval", f"{name}.json")
   png_path = os.path.join(workdir, "eval", f"{name}.png") if plot else None
+  rb_path = os.path.join(workdir, "eval", f"{name}.robustbench.json") if robustbench else None
   if write:
-    report.check_writable(json_path, overwrite=overwrite)
-    if png_path:
-      report.check_writable(png_path, overwrite=overwrite)
+    for path in (json_path, png_path, rb_path):
+      if path:
+        report.check_writable(path, overwrite=overwrite)
+  if aa_batch_size is None:
+    aa_batch_size = config.get("eval", {}).get("aa_batch_size") or presets_lib.AA_BATCH_SIZE
   return Plan(workdir, config, spec, step, requested, how, eps_list, configured, attacks,
-              norm_c, name, json_path, png_path)
+              norm_c, name, json_path, png_path, int(aa_batch_size), rb_path, rb_fields)
 
 
 def _metadata(p: Plan, command: Sequence[str] | None) -> dict[str, Any]:
@@ -380,21 +548,28 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
                  local_linearity: bool = False, transfer_from: str | None = None,
                  data_dir: str | None = None, progress: bool = True,
                  log: Callable[[str], None] | None = print,
-                 command: Sequence[str] | None = None) -> dict[str, Any]:
+                 command: Sequence[str] | None = None, aa_batch_size: int | None = None,
+                 robustbench: bool | dict = False) -> dict[str, Any]:
   """Evaluate a run; returns the record written to ``DIR/eval/<name>.json``.
 
   Every input is checked, and an existing output refused, before any compute
   (:func:`plan`). ``eps``: None (the run's ``config.eval.eps``), a float, or
   a string list such as ``'2/255,4/255,8/255'``. ``attacks``: a subset of
-  ``clean,fgsm,pgd20,cw,aa``. ``batch_size`` defaults to the run's
-  ``config.data.eval_batch_size``. ``write=False`` only returns the record.
-  The fields are documented in ``docs/evaluation.md``.
+  ``clean,fgsm,pgd20,pgd20_best,cw,cw_best,cw30,aa`` (default
+  ``clean,fgsm,pgd20,cw,aa``). ``batch_size`` (projected attacks, checks)
+  defaults to the run's ``config.data.eval_batch_size``; AutoAttack's own
+  ``aa_batch_size`` to the run's ``config.eval.aa_batch_size``, else 250 (the
+  reference's). ``robustbench`` (True, or RobustBench fields to set) also
+  writes ``DIR/eval/<name>.robustbench.json``, RobustBench's model-info file.
+  ``write=False`` only returns the record. The fields are documented in
+  ``docs/evaluation.md``.
   """
   t_start = time.time()
   p = plan(workdir, checkpoint=checkpoint, num_examples=num_examples, eps=eps,
            attacks=attacks, aa_version=aa_version, norm=norm, name=name,
            overwrite=overwrite, write=write, plot=plot, teacher=teacher,
-           local_linearity=local_linearity, transfer_from=transfer_from)
+           local_linearity=local_linearity, transfer_from=transfer_from,
+           aa_batch_size=aa_batch_size, robustbench=robustbench)
   module, variables, config, _ = load_run(workdir, p.step)
   bs = int(batch_size or config.data.get("eval_batch_size", 256))
   x, y = load_test_data(config, num_examples, data_dir=data_dir, batch_size=bs)
@@ -413,7 +588,8 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
   with jax.default_matmul_precision("highest"):
     results = runner.evaluate_arrays(fn, x, y, eps=[l for _, l in p.eps_list],
                                      attacks=p.attacks, norm=p.norm, aa_version=aa_version,
-                                     seed=seed, batch_size=bs, transfer_fn=source,
+                                     seed=seed, batch_size=bs,
+                                     aa_batch_size=p.aa_batch_size, transfer_fn=source,
                                      progress=progress, log=log)
     diagnostics = None
     if teacher or local_linearity:
@@ -430,8 +606,18 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
   if diagnostics is not None:
     record["diagnostics"] = diagnostics
   record["warnings"] = masking.check_warnings(record)
+  model_info = None
+  if p.robustbench_path:
+    model_info = robustbench_model_info(record, fields=p.robustbench_fields,
+                                        architecture=robustbench_architecture(p.spec["model"]))
+    record["robustbench"]["model_info"] = _robustbench_summary(
+        record, model_info, p.robustbench_path if write else None)
   record["time_s"] = round(time.time() - t_start, 2)
+  if model_info is not None:
+    record["robustbench_model_info"] = model_info
   if write:
+    if model_info is not None:
+      report.write_json(p.robustbench_path, model_info, overwrite=overwrite)
     record["path"] = report.write_json(p.json_path, record, overwrite=overwrite)
     if p.png_path:
       record["plot"] = report.plot_accuracy_vs_eps(record, p.png_path, overwrite=overwrite)
@@ -467,12 +653,24 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--eps", default=None,
                  help="Epsilon(s), e.g. 8/255 or 2/255,4/255,8/255 (default: config.eval.eps).")
   p.add_argument("--attacks", default=",".join(presets_lib.DEFAULT_ATTACKS),
-                 help="Subset of clean,fgsm,pgd20,cw,aa (default: all).")
+                 help=f"Subset of {','.join(presets_lib.ALL_ATTACKS)} (default: "
+                 f"{','.join(presets_lib.DEFAULT_ATTACKS)}; *_best: any-iterate variants).")
   p.add_argument("--aa_version", default="standard", choices=presets_lib.AA_VERSIONS)
   p.add_argument("--norm", default="Linf", help="Linf (default) or L2.")
   p.add_argument("--seed", type=int, default=0, help="Seed of every attack (default 0).")
   p.add_argument("--batch_size", type=int, default=None,
-                 help="Batch size (default: the run's config.data.eval_batch_size).")
+                 help="Batch size of FGSM/PGD/CW and the checks (default: the run's "
+                 "config.data.eval_batch_size).")
+  p.add_argument("--aa_batch_size", type=int, default=None,
+                 help="AutoAttack's batch size (default: the run's config.eval.aa_batch_size, "
+                 f"else {presets_lib.AA_BATCH_SIZE}, the reference's; RobustBench's "
+                 f"benchmark() uses {presets_lib.ROBUSTBENCH_AA_BATCH_SIZE}).")
+  p.add_argument("--robustbench", action="store_true",
+                 help="Also write DIR/eval/<name>.robustbench.json, RobustBench's model-info "
+                 "file (needs aa, version standard).")
+  p.add_argument("--robustbench_field", action="append", default=[], metavar="KEY=VALUE",
+                 help="Set a RobustBench field (repeatable): "
+                 + ", ".join(ROBUSTBENCH_SETTABLE) + ".")
   p.add_argument("--name", default=None, help="Output name: DIR/eval/<name>.json.")
   p.add_argument("--overwrite", action="store_true", help="Replace an existing <name>.json.")
   p.add_argument("--plot", action="store_true",
@@ -492,6 +690,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Run the CLI; returns the exit status (0 ok, 1 bad input or existing output)."""
   args = make_parser().parse_args(argv)
   from kdrobust import data as data_lib  # pylint: disable=g-import-not-at-top
+  if args.robustbench_field and not args.robustbench:
+    print("error: --robustbench_field needs --robustbench.", file=sys.stderr, flush=True)
+    return 1
   try:
     record = evaluate_run(
         args.workdir, checkpoint=args.checkpoint, num_examples=args.num_examples,
@@ -499,6 +700,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed, batch_size=args.batch_size, name=args.name, overwrite=args.overwrite,
         plot=args.plot, teacher=args.teacher, local_linearity=args.local_linearity,
         transfer_from=args.transfer_from, data_dir=args.data_dir,
+        aa_batch_size=args.aa_batch_size,
+        robustbench=(parse_robustbench_fields(args.robustbench_field) or True)
+        if args.robustbench else False,
         progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr, flush=True),
         command=["python -m kdrobust.evaluate"] + list(argv if argv is not None
                                                        else sys.argv[1:]))
@@ -506,8 +710,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 1
   print(report.format_table(record), flush=True)
-  print(f"Wrote {record['path']}" + (f" and {record['plot']}" if "plot" in record else ""),
-        flush=True)
+  extra = [record[k] for k in ("plot",) if k in record]
+  if "model_info" in record.get("robustbench", {}):
+    extra.append(record["robustbench"]["model_info"]["path"])
+  print(f"Wrote {record['path']}" + "".join(f" and {e}" for e in extra), flush=True)
   return 0
 
 

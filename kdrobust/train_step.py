@@ -119,7 +119,11 @@ def make_eval_step(apply_fn, attacks: Mapping[str, Callable], *, seed: int = 0):
   Batch norm runs in inference mode and matmuls at 'highest' precision.
   ``attacks`` maps a name to ``attack(logits_fn, x, y, key, eps) -> x_adv``.
   ``eps`` is traced, so evaluating several epsilons never recompiles. Counts
-  respect ``batch['mask']`` (padding of the last batch).
+  respect ``batch['mask']`` (padding of the last batch). The training loop
+  builds ``attacks`` from ``config.eval.attacks`` with :func:`eval_attack`,
+  whose PGD returns the last iterate by default: the base config's ``pgd20``
+  monitor is the papers' PGD-20, the ``pgd20`` preset of
+  ``kdrobust.evaluate`` (which draws its own random starts).
   """
   base_key = jax.random.PRNGKey(seed)
 
@@ -180,11 +184,18 @@ def make_diagnostics_step(apply_fn, teacher_apply_fns: Mapping[str, Callable] | 
 
 def eval_attack(name: str, *, steps: int, step_size: float | None = None,
                 loss: str = "ce", init: str = "uniform", restarts: int = 1,
-                norm: str = "linf", step_fraction: float | None = None):
+                norm: str = "linf", step_fraction: float | None = None,
+                select: str = "last"):
   """An evaluation attack ``(logits_fn, x, y, key, eps) -> x_adv`` from plain data.
 
   ``name`` is ``'fgsm'`` or ``'pgd'``; with ``step_fraction`` the step size is
   ``step_fraction * eps`` (so an epsilon sweep keeps the preset's proportions).
+  ``select`` is :func:`kdrobust.attacks.projected.pgd`'s: ``'last'`` (the
+  default) returns the last iterate, as the papers' monitors and the
+  ``pgd20`` preset of ``kdrobust.evaluate`` do, so the in-training robust
+  accuracy (and the best checkpoint it picks) matches the final evaluation's
+  PGD-20; ``'first'`` stops each example at its first misclassified iterate;
+  ``'any'`` counts success at any iterate (stronger, not the papers').
   """
   from kdrobust.attacks import projected as pgd_lib  # pylint: disable=g-import-not-at-top
 
@@ -193,8 +204,11 @@ def eval_attack(name: str, *, steps: int, step_size: float | None = None,
       return pgd_lib.fgsm(logits_fn, x, y, key, eps=eps, init=init, norm=norm)
     a = step_size if step_fraction is None else step_fraction * eps
     return pgd_lib.pgd(logits_fn, x, y, key, eps=eps, step_size=a, steps=steps,
-                       loss=loss, init=init, restarts=restarts, norm=norm)
+                       loss=loss, init=init, restarts=restarts, norm=norm, select=select)
 
   if name not in ("fgsm", "pgd"):
     raise ValueError(f"Unknown evaluation attack {name!r}; valid: fgsm, pgd.")
+  if select not in pgd_lib.SELECTS:
+    raise ValueError(f"Unknown select {select!r} for evaluation attack {name!r}; valid: "
+                     f"{', '.join(pgd_lib.SELECTS)}.")
   return attack

@@ -29,9 +29,14 @@ from train_test import tiny_config  # noqa: E402  pylint: disable=g-import-not-a
 EPS = "2/255,0.1"
 TOP_FIELDS = ("format", "name", "workdir", "checkpoint", "dataset", "model", "norm", "eps",
               "eps_str", "num_examples", "clean_acc", "autoattack_acc", "robust_acc",
-              "worst_case_acc", "robustbench", "attacks", "aa_version", "presets", "seed",
-              "batch_size", "per_eps", "versions", "device", "precision", "batch_norm",
-              "warnings", "created", "time_s")
+              "worst_case_acc", "robustbench", "attacks", "aa_version", "presets", "iterate",
+              "seed", "batch_size", "aa_batch_size", "per_eps", "versions", "device",
+              "precision", "batch_norm", "warnings", "created", "time_s")
+# RobustBench's model_info/cifar10/Linf/*.json keys (Zhang2019Theoretically.json, plus
+# "unreliable" as in most entries) [C:robustbench@78fcc9e].
+ROBUSTBENCH_KEYS = ["link", "name", "authors", "additional_data", "number_forward_passes",
+                    "dataset", "venue", "architecture", "eps", "clean_acc", "reported",
+                    "footnote", "autoattack_acc", "unreliable"]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +67,8 @@ def test_record_fields_and_json(record, run_dir):
   for k in TOP_FIELDS:
     assert k in record, k
   assert record["num_examples"] == 32
+  assert record["format"] == "kdrobust.evaluate/2"
+  assert record["iterate"] == {"fgsm": "last", "pgd20": "last", "cw": "first"}
   assert record["checkpoint"]["step"] == 2
   assert record["norm"] == "Linf"
   assert record["eps_str"] == "0.1" and record["eps"] == pytest.approx(0.1)  # config.eval.eps
@@ -205,6 +212,92 @@ def test_cli_prints_table(run_dir, capsys):
   capsys.readouterr()
   assert evaluate.main(cmd[3:]) == 1  # in-process: the same file exists
   assert "--overwrite" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# AutoAttack's batch size, RobustBench's model info.
+# ----------------------------------------------------------------------------
+def test_autoattack_batch_size_is_its_own_setting(record, run_dir, monkeypatch):
+  # The default (config.eval.aa_batch_size = 250, the reference's) is capped at N = 32,
+  # whatever --batch_size (16) is.
+  assert record["batch_size"] == 16 and record["aa_batch_size"] == 32
+  assert all(e["autoattack"]["batch_size"] == 32 for e in record["per_eps"])
+  assert record["robustbench"]["aa_batch_size"] == 32
+  seen = []
+  aa_lib = __import__("kdrobust.attacks.autoattack", fromlist=["autoattack"])
+  real = aa_lib.autoattack
+  monkeypatch.setattr(aa_lib, "autoattack",
+                      lambda *a, **kw: seen.append(kw["batch_size"]) or real(*a, **kw))
+  rec = evaluate.evaluate_run(run_dir, eps="0.1", num_examples=12, attacks="clean,aa",
+                              batch_size=4, aa_batch_size=5, write=False, progress=False,
+                              log=None)
+  assert seen == [5] and rec["aa_batch_size"] == 5 and rec["batch_size"] == 4
+  assert "AutoAttack batch 5" in report.format_table(rec)
+  with pytest.raises(ValueError, match="aa_batch_size must be positive"):
+    evaluate.evaluate_run(run_dir, aa_batch_size=0, log=None)
+
+
+def test_robustbench_model_info(run_dir, capsys):
+  argv = [f"--workdir={run_dir}", "--num_examples=16", "--eps=0.1", "--attacks=clean,aa",
+          "--no_progress", "--robustbench", "--robustbench_field", "venue=ICLR 2099",
+          "--robustbench_field", "additional_data=true", "--aa_batch_size=8"]
+  assert evaluate.main(argv) == 0  # in process: the compiled kernels are reused
+  out = capsys.readouterr().out
+  name = "best-step2_linf_eps0.1_n16_clean-aa"
+  path = os.path.join(run_dir, "eval", name + ".json")
+  rb_path = os.path.join(run_dir, "eval", name + ".robustbench.json")
+  assert f"Wrote {path} and {rb_path}" in out
+  with open(path) as f:
+    rec = json.load(f)
+  with open(rb_path) as f:
+    info = json.load(f)
+  assert list(info) == ROBUSTBENCH_KEYS
+  assert info["clean_acc"] == f"{100 * rec['clean_acc']:.2f}" == rec["robustbench"]["clean_acc"]
+  assert info["autoattack_acc"] == f"{100 * rec['autoattack_acc']:.2f}" == info["reported"]
+  assert info["eps"] == "0.1" and info["number_forward_passes"] == 1
+  assert info["venue"] == "ICLR 2099" and info["additional_data"] is True
+  assert info["unreliable"] is False and info["architecture"] == "tiny_cnn"
+  assert "first 16 test points" in info["footnote"] and "batch size 8" in info["footnote"]
+  mi = rec["robustbench"]["model_info"]
+  assert mi["path"] == rb_path and mi["to_fill"] == ["link", "authors"]
+  assert mi["full_test_set"] is None and "not a RobustBench dataset" in mi["notes"][0]
+  assert rec["robustbench_model_info"] == info
+  # Both files are protected from overwriting; bad requests fail before any compute.
+  assert evaluate.main(argv) == 1
+  assert "--overwrite" in capsys.readouterr().err
+  for bad, msg in (([], "needs AutoAttack"), (["--attacks=clean,aa", "--aa_version=plus"],
+                                               "aa_version standard"),
+                   (["--attacks=clean,aa", "--robustbench_field", "clean_acc=99"],
+                    "settable: link"),
+                   (["--attacks=clean,aa", "--robustbench_field", "additional_data=maybe"],
+                    "true or false")):
+    assert evaluate.main([f"--workdir={run_dir}", "--attacks=clean", "--robustbench",
+                          "--name=bad"] + bad) == 1
+    assert msg in capsys.readouterr().err
+  assert evaluate.main([f"--workdir={run_dir}", "--robustbench_field", "venue=x"]) == 1
+  assert "needs --robustbench" in capsys.readouterr().err
+
+
+def test_robustbench_fields_and_architectures():
+  arch = evaluate.robustbench_architecture
+  assert arch({"name": "wrn34_10"}) == "WideResNet-34-10"
+  assert arch({"name": "wrn", "kwargs": {"depth": 28, "width": 10}}) == "WideResNet-28-10"
+  assert arch({"name": "resnet18"}) == "ResNet-18"
+  assert arch({"name": "preact_resnet18"}) == "PreActResNet-18"
+  assert arch({"name": "mobilenet_v2"}) == "MobileNetV2"
+  assert arch({"name": "small_cnn"}) == "small_cnn"
+  rec = {"robustbench": {"clean_acc": "84.92", "autoattack_acc": "53.08"},
+         "dataset": "cifar10", "num_examples": 10000, "eps_str": "8/255", "seed": 0,
+         "aa_batch_size": 250, "norm": "Linf", "method": "rslad", "model": "resnet18"}
+  info = evaluate.robustbench_model_info(
+      rec, architecture="ResNet-18",
+      fields=evaluate.parse_robustbench_fields({"external": 52.5, "link": "https://x"}))
+  assert list(info) == ROBUSTBENCH_KEYS[:13] + ["external", "unreliable"]
+  assert info["external"] == "52.50" and info["dataset"] == "cifar10"
+  summary = evaluate._robustbench_summary(rec, info, "p")  # pylint: disable=protected-access
+  assert summary["model_info_dir"] == "model_info/cifar10/Linf"
+  assert summary["full_test_set"] is True and summary["notes"] == []
+  assert summary["to_fill"] == ["authors", "venue"]
 
 
 # ----------------------------------------------------------------------------

@@ -19,9 +19,11 @@ Two layers:
 * :func:`fgsm`, :func:`pgd` and :func:`cw_linf` are the evaluation attacks. They
   take any ``logits_fn`` (a function from float32 NHWC images in [0,1] to
   logits: Flax, Haiku, Equinox or plain JAX) plus labels and a PRNG key or
-  integer seed. ``pgd`` tracks success: for every point it breaks at *any*
-  iterate it returns a misclassified iterate (the most recent one), not just
-  the last step; with restarts it keeps each example's worst case.
+  integer seed. ``pgd``'s ``select`` picks what it returns: the papers'
+  ``'last'`` iterate, the IGDM lab CW-inf's ``'first'`` misclassified one
+  (an early stop per example), or, by default, kdrobust's stronger ``'any'``:
+  for every point it breaks at *any* iterate a misclassified iterate (the
+  most recent one); with restarts it keeps each example's worst case.
 
 Random starts (``init``):
 
@@ -64,10 +66,12 @@ Objective = Callable[[Array], Array]
 LogitsFn = Callable[[Array], Array]
 Norm = Literal["linf", "l2"]
 Init = Literal["uniform", "uniform_unclipped", "gaussian", "gaussian_clamped", "none"]
+Select = Literal["last", "first", "any"]
 
 NORMS = ("linf", "l2")
 INITS = ("uniform", "uniform_unclipped", "gaussian", "gaussian_clamped", "none")
 PGD_LOSSES = ("ce", "cw", "dlr")
+SELECTS = ("last", "first", "any")  # what pgd(select=...) returns, see its docstring
 
 
 def as_key(key_or_seed) -> Array:
@@ -244,18 +248,38 @@ def fgsm(logits_fn: LogitsFn, x: Array, y: Array, key=None, *, eps,
 def pgd(logits_fn: LogitsFn, x: Array, y: Array, key=0, *, eps, step_size,
         steps: int, norm: str = "linf", loss: str = "ce", init: Init = "uniform",
         restarts: int = 1, kappa: float | None = None, bounds=(0.0, 1.0),
-        unroll: int | bool = 1) -> Array:
-  """Untargeted PGD for evaluation, with success tracking and restarts.
+        unroll: int | bool = 1, select: Select = "any") -> Array:
+  """Untargeted PGD for evaluation, with restarts; ``select`` picks what it returns.
 
   Ascends ``loss`` (``'ce'``, ``'cw'`` margin or ``'dlr'``) of
-  ``logits_fn(x')`` against the true labels ``y``. For each example the result
-  is a misclassified iterate if any iterate of any restart was misclassified
-  (the most recent such iterate of the first restart that succeeded), else the
-  last iterate of the restart with the highest final loss. Each restart uses
-  its own key from ``jax.random.split``.
+  ``logits_fn(x')`` against the true labels ``y``, from ``init``, with
+  ``x_{k+1} = clip_[0,1](Proj_{B_eps(x)}(x_k + step_size * dir(grad)))``.
+  Each restart uses its own key from ``jax.random.split(key, restarts)``.
+  ``select`` (static):
+
+  * ``'last'``: each restart returns its last iterate ``x_steps``, as the
+    papers' PGD code does (IGDM ``attack_pgd``
+    [C:IGDM@a22ed64:ICLR_IGDM/rslad_loss.py:9-24], SAAD ``PGD``
+    [C:saad@295121c:attacks.py:40-67], IAD/FAT ``pgd``).
+  * ``'first'``: an example stops moving at its first misclassified iterate
+    (its point is not updated once ``argmax f(x_k) != y``) and each restart
+    returns its last iterate, i.e. the first misclassified one; the early
+    stop of the IGDM lab's CW-inf [C:saad@295121c:attacks.py:101-135].
+  * ``'any'`` (the default, kdrobust's stronger variant, attacks.md P7): a
+    misclassified iterate if any iterate ``x_0 .. x_steps`` of any restart
+    was misclassified (the most recent such iterate of the first restart
+    that succeeded), else the last iterate of the restart with the highest
+    final ``loss``.
+
+  With ``'last'`` and ``'first'``, restarts keep per example the returned
+  point with the largest cross-entropy, ties to the later restart (the
+  IGDM lab's ``max_delta[all_loss >= max_loss]``), whether or not it is
+  misclassified. So only ``'any'`` counts success at any iterate.
   """
   norm = canonical_norm(norm)
   _check(norm, init)
+  if select not in SELECTS:
+    raise ValueError(f"Unknown select {select!r}; valid: {SELECTS}.")
   loss_fn = attack_loss(loss, kappa=kappa)
   x = jnp.asarray(x, jnp.float32)
   key = as_key(key)
@@ -267,6 +291,7 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key=0, *, eps, step_size,
   grad_fn = jax.grad(obj_and_logits, has_aux=True)
 
   def one_run(k):
+    """``(returned point, fooled at any iterate, score for the restart choice)``."""
     x0 = random_init(k, x, eps, norm=norm, init=init, bounds=bounds)
 
     def body(_, carry):
@@ -275,13 +300,17 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key=0, *, eps, step_size,
       wrong = jnp.argmax(logits, -1) != y
       best = jnp.where(_bcast(wrong, x), xa, best)
       fooled = fooled | wrong
-      xa = project(xa + step_size * ascent_direction(g, norm), x, eps, norm, bounds)
-      return xa, best, fooled
+      x_next = project(xa + step_size * ascent_direction(g, norm), x, eps, norm, bounds)
+      if select == "first":
+        x_next = jnp.where(_bcast(wrong, x), xa, x_next)
+      return x_next, best, fooled
 
     init_carry = (x0, x0, jnp.zeros(y.shape, bool))
     x_last, best, fooled = jax.lax.fori_loop(0, steps, body, init_carry,
                                              unroll=unroll)
     logits = logits_fn(x_last)
+    if select != "any":
+      return x_last, fooled, losses.xent(logits, y)
     wrong = jnp.argmax(logits, -1) != y
     best = jnp.where(_bcast(wrong, x), x_last, best)
     fooled = fooled | wrong
@@ -290,30 +319,40 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key=0, *, eps, step_size,
 
   keys = jax.random.split(key, restarts)
   x_adv, fooled, best_loss = one_run(keys[0])
-  for r in range(1, restarts):  # static, small; each restart is one fused loop
+
+  def restart(r, carry):  # one compiled restart body, however many restarts
+    x_adv, fooled, best_loss = carry
     xr, fr, lr = one_run(keys[r])
-    take = (~fooled & fr) | (~fooled & ~fr & (lr > best_loss))
+    if select == "any":
+      take = (~fooled & fr) | (~fooled & ~fr & (lr > best_loss))
+    else:
+      take = lr >= best_loss
     x_adv = jnp.where(_bcast(take, x), xr, x_adv)
     best_loss = jnp.where(take, lr, best_loss)
-    fooled = fooled | fr
+    return x_adv, fooled | fr, best_loss
+
+  if restarts > 1:
+    x_adv, fooled, best_loss = jax.lax.fori_loop(1, restarts, restart,
+                                                 (x_adv, fooled, best_loss))
   return jax.lax.stop_gradient(x_adv)
 
 
 def cw_linf(logits_fn: LogitsFn, x: Array, y: Array, key=0, *, eps,
             step_size=2 / 255, steps: int = 30, kappa: float | None = 50.0,
-            init: Init = "uniform", restarts: int = 1, unroll: int | bool = 1
-            ) -> Array:
+            init: Init = "uniform", restarts: int = 1, unroll: int | bool = 1,
+            select: Select = "any") -> Array:
   """CW-inf: L-inf PGD on the Carlini-Wagner margin.
 
   Defaults follow the IAD/FAT evaluation code the distillation papers reuse:
   30 steps of 2/255, uniform start, ``kappa = 50`` in
   ``-max(z_y - max_{j != y} z_j + kappa, 0)`` (with kappa = 50 this is PGD on
   the plain margin in practice). The IGDM lab's variant is
-  ``steps=50, restarts=10``.
+  ``steps=50, restarts=10, kappa=None, select='first'``
+  [C:saad@295121c:attacks.py:101-135]; ``select``: see :func:`pgd`.
   """
   return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, steps=steps,
              norm="linf", loss="cw", init=init, restarts=restarts, kappa=kappa,
-             unroll=unroll)
+             unroll=unroll, select=select)
 
 
 def _bcast(flags: Array, like: Array) -> Array:

@@ -7,9 +7,11 @@ import os
 import tempfile
 from typing import Any
 
-COLUMNS = ("clean", "fgsm", "pgd20", "cw", "aa", "transfer")
-HEADERS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-inf",
-           "aa": "AA", "transfer": "transfer"}
+COLUMNS = ("clean", "fgsm", "pgd20", "pgd20_best", "cw", "cw_best", "cw30", "aa", "transfer")
+HEADERS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd20_best": "PGD-20 any",
+           "cw": "CW-inf", "cw_best": "CW-inf any", "cw30": "CW-inf 30", "aa": "AA",
+           "transfer": "transfer"}
+WIDTH = 12  # characters per column
 
 
 class OutputExistsError(FileExistsError):
@@ -25,14 +27,16 @@ def format_table(record: dict[str, Any]) -> str:
   per_eps = record["per_eps"]
   cols = [c for c in COLUMNS if any(c in e["accuracy"] for e in per_eps)]
   width = max([len("eps")] + [len(e["eps_str"]) for e in per_eps]) + 2
-  headers = dict(HEADERS, cw="CW-L2" if record.get("norm") == "L2" else HEADERS["cw"])
-  head = "eps".ljust(width) + "".join(f"{headers[c]:>10}" for c in cols) + f"{'worst':>10}"
+  headers = _headers(record)
+  w = WIDTH
+  head = "eps".ljust(width) + "".join(f"{headers[c]:>{w}}" for c in cols) + f"{'worst':>{w}}"
   lines = [_title(record), head, "-" * len(head)]
   for e in per_eps:
     lines.append(e["eps_str"].ljust(width)
-                 + "".join(f"{_pct(e['accuracy'].get(c)):>10}" for c in cols)
-                 + f"{_pct(e.get('worst_case')):>10}")
+                 + "".join(f"{_pct(e['accuracy'].get(c)):>{w}}" for c in cols)
+                 + f"{_pct(e.get('worst_case')):>{w}}")
   lines.append("(accuracy in %; worst = correct under every attack listed)")
+  lines += _iterate_lines(record, cols, headers)
   for e in per_eps:
     aa = e.get("autoattack")
     if aa:
@@ -50,13 +54,37 @@ def format_table(record: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _headers(record: dict[str, Any]) -> dict[str, str]:
+  """Column headers; under L2 the CW columns read CW-L2."""
+  if record.get("norm") != "L2":
+    return dict(HEADERS)
+  return {k: v.replace("CW-inf", "CW-L2") for k, v in HEADERS.items()}
+
+
+def _iterate_lines(record: dict[str, Any], cols, headers) -> list[str]:
+  """Which iterate each projected column counts (the presets' ``iterate``)."""
+  presets = record.get("presets") or {}
+  parts = []
+  for c in cols:
+    p = presets.get(c)
+    if not p or p.get("steps", 1) <= 1:
+      continue
+    it = p.get("iterate", "any")
+    what = {"last": "last iterate", "first": "first misclassified iterate (early stop)",
+            "any": "any iterate (stronger than the papers')"}.get(it, it)
+    extra = f", {p['restarts']} restarts" if p.get("restarts", 1) > 1 else ""
+    parts.append(f"{headers[c]}: {what}{extra}")
+  return ["(iterate: " + "; ".join(parts) + ")"] if parts else []
+
+
 def _title(record: dict[str, Any]) -> str:
   ck = record.get("checkpoint") or {}
   where = record.get("workdir", "<arrays>")
   step = f", checkpoint step {ck['step']} ({ck.get('requested')})" if ck else ""
   ds = f" of {record['dataset']}" if record.get("dataset") else ""
+  aa_bs = f", AutoAttack batch {record['aa_batch_size']}" if record.get("aa_batch_size") else ""
   return (f"Evaluation of {where}{step}: {record['num_examples']} test examples{ds}, "
-          f"{record['norm']}, seed {record['seed']}, batch {record['batch_size']}")
+          f"{record['norm']}, seed {record['seed']}, batch {record['batch_size']}{aa_bs}")
 
 
 def _diagnostic_lines(diag: dict[str, Any] | None) -> list[str]:
@@ -128,7 +156,7 @@ def plot_accuracy_vs_eps(record: dict[str, Any], path: str, *, overwrite: bool =
     ys = [e["accuracy"].get(c) for e in per_eps]
     if all(v is not None for v in ys):
       ax.plot(xs, [100 * v for v in ys], marker="o",
-              linestyle="--" if c == "clean" else "-", label=HEADERS[c])
+              linestyle="--" if c == "clean" else "-", label=_headers(record)[c])
   ax.set_xlabel("epsilon (x 1/255)")
   ax.set_ylabel("accuracy (%)")
   ax.set_ylim(0, 100)

@@ -97,7 +97,8 @@ def _run_preset(fn, x, y, eps, key, preset: presets_lib.Preset, norm: str):
     return projected.fgsm(fn, x, y, key, eps=eps, init=preset.init, norm=norm)
   return projected.pgd(fn, x, y, key, eps=eps, step_size=preset.step_fraction * eps,
                        steps=preset.steps, norm=norm, loss=preset.loss,
-                       init=preset.init, restarts=preset.restarts, kappa=preset.kappa)
+                       init=preset.init, restarts=preset.restarts, kappa=preset.kappa,
+                       select=preset.select)
 
 
 @functools.partial(jax.jit, static_argnames=("preset", "norm"))
@@ -317,15 +318,18 @@ def local_linearity(fn: Partial, x, y, *, eps: float, seed: int, batch_size: int
 # AutoAttack.
 # ----------------------------------------------------------------------------
 def run_autoattack(fn: Partial, x, y, *, eps: float, norm: str, version: str, seed: int,
-                   batch_size: int, progress: bool = True, desc: str = "AA"
-                   ) -> dict[str, Any]:
+                   batch_size: int, progress: bool = True, desc: str = "AA",
+                   reeval_batch_size: int | None = None) -> dict[str, Any]:
   """AutoAttack (:func:`kdrobust.attacks.autoattack.autoattack`), with tqdm bars.
 
-  Returns ``{'robust': bool[N], 'version', 'clean_acc', 'robust_acc',
-  'stages': [{'attack', 'robust_acc'}], 'warnings', 'timings_s',
-  'max_perturbation', 'reeval_acc', 'reeval_mismatch'}``. The re-evaluation
-  forwards the returned ``x_adv`` again and compares with AutoAttack's flags
-  (attacks.md P2).
+  Returns ``{'robust': bool[N], 'version', 'batch_size', 'clean_acc',
+  'robust_acc', 'stages': [{'attack', 'robust_acc'}], 'warnings',
+  'timings_s', 'max_perturbation', 'reeval_acc', 'reeval_mismatch'}``.
+  ``batch_size`` is AutoAttack's own (Square shares its draws across a
+  batch, attacks.md P12), capped at N as the reference does. The
+  re-evaluation forwards the returned ``x_adv`` again, in batches of
+  ``reeval_batch_size`` (default ``batch_size``), and compares with
+  AutoAttack's flags (attacks.md P2).
   """
   # The package re-exports the function under the module's name: import the module.
   aa_lib = importlib.import_module("kdrobust.attacks.autoattack")
@@ -338,8 +342,10 @@ def run_autoattack(fn: Partial, x, y, *, eps: float, norm: str, version: str, se
   finally:
     close()
   robust = np.asarray(res.robust, bool)
-  reeval = clean_correct(fn, np.asarray(res.x_adv, np.float32), np.asarray(y), batch_size)
+  reeval = clean_correct(fn, np.asarray(res.x_adv, np.float32), np.asarray(y),
+                         reeval_batch_size or batch_size)
   return {"version": version, "robust": robust,
+          "batch_size": int(min(batch_size, np.asarray(y).shape[0])),
           "clean_acc": float(res.clean_accuracy), "robust_acc": float(res.robust_accuracy),
           "stages": [{"attack": str(k), "robust_acc": float(v)}
                      for k, v in res.stage_accuracy.items()],
@@ -382,7 +388,8 @@ def _stage_bars(desc: str):
 # ----------------------------------------------------------------------------
 def evaluate_arrays(logits_fn, x, y, *, eps, attacks=presets_lib.DEFAULT_ATTACKS,
                     norm: str = "linf", aa_version: str = "standard", seed: int = 0,
-                    batch_size: int = 256, transfer_fn=None, progress: bool = True,
+                    batch_size: int = 256, aa_batch_size: int | None = None,
+                    transfer_fn=None, progress: bool = True,
                     log: Callable[[str], None] | None = print) -> dict[str, Any]:
   """Clean accuracy and every requested attack at every epsilon.
 
@@ -391,6 +398,10 @@ def evaluate_arrays(logits_fn, x, y, *, eps, attacks=presets_lib.DEFAULT_ATTACKS
   ``eps``: anything :func:`~kdrobust.evaluation.presets.parse_eps` takes.
   ``transfer_fn``: a second model's logits function; PGD-20 examples crafted
   on it are evaluated on ``logits_fn`` (``accuracy['transfer']``).
+  ``batch_size`` is that of the projected attacks and the checks;
+  AutoAttack has its own, ``aa_batch_size`` (default
+  :data:`~kdrobust.evaluation.presets.AA_BATCH_SIZE`, 250, the reference's;
+  capped at N).
   Returns ``{'norm', 'num_examples', 'clean_acc', 'attacks', 'per_eps':
   [...]}``; each ``per_eps`` entry holds ``eps``, ``eps_str``,
   ``accuracy`` (per attack), ``worst_case``, ``sanity``, ``time_s`` and,
@@ -404,6 +415,10 @@ def evaluate_arrays(logits_fn, x, y, *, eps, attacks=presets_lib.DEFAULT_ATTACKS
   x = np.asarray(x, np.float32)
   y = np.asarray(y).astype(np.int32)
   bs = max(1, min(int(batch_size), x.shape[0]))
+  aa_bs = int(aa_batch_size or presets_lib.AA_BATCH_SIZE)
+  if aa_bs <= 0:
+    raise ValueError(f"The AutoAttack batch size must be positive, got {aa_batch_size}.")
+  aa_bs = min(aa_bs, x.shape[0])
   say = log or (lambda s: None)
 
   t0 = time.time()
@@ -414,15 +429,17 @@ def evaluate_arrays(logits_fn, x, y, *, eps, attacks=presets_lib.DEFAULT_ATTACKS
   for value, label in eps_list:
     per_eps.append(_evaluate_eps(fn, src, x, y, clean, value=value, label=label,
                                  attacks=attacks, norm=norm, aa_version=aa_version,
-                                 seed=seed, batch_size=bs, progress=progress, say=say))
+                                 seed=seed, batch_size=bs, aa_batch_size=aa_bs,
+                                 progress=progress, say=say))
   return {"norm": presets_lib.NORMS[norm], "num_examples": int(x.shape[0]),
           "clean_acc": float(clean.mean()), "attacks": list(attacks),
           "aa_version": aa_version if "aa" in attacks else None,
-          "batch_size": bs, "seed": seed, "per_eps": per_eps}
+          "batch_size": bs, "aa_batch_size": aa_bs if "aa" in attacks else None,
+          "seed": seed, "per_eps": per_eps}
 
 
 def _evaluate_eps(fn, src, x, y, clean, *, value, label, attacks, norm, aa_version,
-                  seed, batch_size, progress, say) -> dict[str, Any]:
+                  seed, batch_size, aa_batch_size, progress, say) -> dict[str, Any]:
   """One epsilon: every attack, the worst case over them and the sanity checks."""
   acc = {"clean": float(clean.mean())}
   flags = {"clean": clean}
@@ -434,8 +451,8 @@ def _evaluate_eps(fn, src, x, y, clean, *, value, label, attacks, norm, aa_versi
     t0 = time.time()
     if name == "aa":
       aa = run_autoattack(fn, x, y, eps=value, norm=norm, version=aa_version, seed=seed,
-                          batch_size=batch_size, progress=progress,
-                          desc=f"AA {aa_version} eps {label}")
+                          batch_size=aa_batch_size, reeval_batch_size=batch_size,
+                          progress=progress, desc=f"AA {aa_version} eps {label}")
       flags[name] = aa.pop("robust")
       entry["autoattack"] = aa
     else:
