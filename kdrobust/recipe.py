@@ -463,7 +463,8 @@ def recipe_card(config) -> str:
         step_s = _pixels(step)
       desc = (f"{at.get('name')} {at.get('norm', 'linf')}, {at.get('steps')} steps of "
               f"{step_s}, loss {at.get('loss', 'ce')}, init {at.get('init', 'uniform')}, "
-              f"{_plural(at.get('restarts', 1), 'restart')}")
+              f"{_plural(at.get('restarts', 1), 'restart')}, "
+              f"{at.get('select', 'last')} iterate")
     attacks.append(f"{name}: {desc}")
   n_ex = f"first {ev.num_examples}" if ev.num_examples else "all"
   when = (f"every {_plural(ev.every_epochs, 'epoch')} and at the last step"
