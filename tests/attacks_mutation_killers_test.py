@@ -12,8 +12,8 @@ docstring and docs/evaluation.md, "Mutation testing"). This file holds:
 * the killers written for mutants the other attack tests did not kill
   (production randomness, round schedules, bookkeeping). They observe the
   production drivers through spies on the modules' own jitted pieces
-  (``apgd._apgd_prepare``, ``fab._fab_prepare``) on the host loop, the CPU
-  default.
+  (``apgd._apgd_prepare``, ``fab._fab_prepare``), which the host loop (the
+  CPU default, requested explicitly here) calls once per chunk.
 
 Model: a fixed random linear map on 8x8x3 inputs (compiles in well under a
 second). Statistical tolerances are stated at each assertion.
@@ -121,8 +121,9 @@ def test_script_kills_a_subset_and_reports_survivors_and_stale_mutants(tmp_path)
     assert e["status"] == "killed" and e["killed_by"] == "FAILED " + expected, e
   # A no-op change survives; a mutant whose text is gone is reported, not skipped.
   M = run_mutants.Mutant
-  noop = M("noop", run_mutants.APGD, "DEFAULT_BUCKETS = 8", "DEFAULT_BUCKETS = 8  # x",
-           "nothing", run_mutants.MUTANTS[0].tests)
+  noop = M("noop", run_mutants.APGD, "from __future__ import annotations\n",
+           "from __future__ import annotations  # no-op\n", "nothing",
+           run_mutants.MUTANTS[0].tests)
   stale = M("stale", run_mutants.APGD, "this text is not in apgd.py", "", "nothing",
             run_mutants.MUTANTS[0].tests)
   rep = run_mutants.run([noop, stale], baseline=False, log=lambda *a: None)
@@ -137,11 +138,10 @@ def test_script_kills_a_subset_and_reports_survivors_and_stale_mutants(tmp_path)
 
 def test_apgd_random_starts(monkeypatch):
   """Starts on the eps-sphere, U[-1,1]-shaped, fresh for every round, chunk and seed."""
-  assert apgd_lib.resolve_loop("auto") == "host"  # the spied path is the CPU default
   x, y = _data()
   eps = 1e-3  # small: few or no points fooled, so most rounds attack every point
   calls = _spy(monkeypatch, apgd_lib, "_apgd_prepare")
-  kw = dict(eps=eps, n_iter=2, n_restarts=3, batch_size=8, buckets=1)
+  kw = dict(eps=eps, n_iter=2, n_restarts=3, batch_size=8, buckets=1, loop="host")
   apgd_lib.apgd(linear, x, y, 3, **kw)
   assert len(calls) >= 4
   noise = []
@@ -181,7 +181,7 @@ def test_apgd_t_rounds_target_ranks_two_to_ten(monkeypatch):
   for n_targets, n_restarts in ((9, 1), (2, 2)):
     calls = _spy(monkeypatch, apgd_lib, "_apgd_prepare")
     apgd_lib.apgd_targeted(linear, x, y, 0, eps=1e-4, n_iter=1, n_target_classes=n_targets,
-                           n_restarts=n_restarts, buckets=1)
+                           n_restarts=n_restarts, buckets=1, loop="host")
     rounds = [int(args[2]) for args, _ in calls]
     assert rounds == list(range(n_targets * n_restarts))  # nothing fooled at eps=1e-4
     for r, (args, (_, y_target, _)) in zip(rounds, calls):
@@ -222,13 +222,13 @@ def test_fab_rounds_targets_and_starts(monkeypatch):
   eps = 0.02
   calls = _spy(monkeypatch, fab_lib, "_fab_prepare")
   fab_lib.fab_rounds(linear, x, y, 0, eps=1e-4, targeted=True, n_iter=1,
-                     n_target_classes=4, buckets=1)
+                     n_target_classes=4, buckets=1, loop="host")
   assert [int(tc) for _, (_, tc) in calls] == [2, 3, 4, 5]
   for args, (x_start, _) in calls:
     np.testing.assert_array_equal(x_start, np.asarray(args[0]))
   calls.clear()
   fab_lib.fab_rounds(linear, x, y, 0, eps=eps, targeted=False, n_iter=1, n_restarts=3,
-                     buckets=1)
+                     buckets=1, loop="host")
   assert len(calls) == 3
   np.testing.assert_array_equal(calls[0][1][0], np.asarray(calls[0][0][0]))
   us = []
@@ -352,8 +352,8 @@ def test_eot_averages_independent_draws():
   g1 = np.asarray(jax.jit(jax.vmap(lambda k: grad(k, 1)))(keys))
   g8 = np.asarray(jax.jit(jax.vmap(lambda k: grad(k, 8)))(keys))
   ratio = g8.var(0).mean() / g1.var(0).mean()
-  # Independent draws: E[ratio] = 1/8 (16 keys x 768 coordinates: the estimate is within ~0.05);
-  # one draw repeated 8 times: ratio = 1.
+  # Independent draws: E[ratio] = 1/8 (16 keys x 768 coordinates: the estimate is
+  # within ~0.05; measured 0.11); one draw repeated 8 times: ratio = 1.
   assert ratio < 0.3, ratio
   # Same mean (unbiased): |mean difference| small relative to the spread.
   assert np.abs(g8.mean(0) - g1.mean(0)).mean() < 0.5 * np.sqrt(g1.var(0)).mean()
