@@ -188,6 +188,8 @@ def run_one(args, role, key, seed, wd, config, desc, cli, checkpoint="latest") -
   row.update({"status": "ok", "checkpoint": rec.get("checkpoint"),
               "num_examples": rec.get("num_examples"), "clean": rec["clean_acc"],
               "pgd20": rec["robust_acc"]["pgd20"], "aa": rec["autoattack_acc"],
+              # Records written before the evaluation format 2 counted any iterate.
+              "pgd20_iterate": rec.get("iterate", {}).get("pgd20", "any"),
               "eval_s": rec.get("time_s"),
               "warnings": [w.get("code") for w in rec.get("warnings", [])],
               "warning_messages": [w.get("message") for w in rec.get("warnings", [])]})
@@ -391,6 +393,19 @@ def args_n(ds: str) -> str:
   return "360" if ds == "digits" else "500 (first, for the campaign evaluation)"
 
 
+def pgd_iterate_caption(iterates: list[str]) -> str:
+  """Which PGD-20 iterate the table's column counts (evaluate records it per preset)."""
+  say = {"last": "the last iterate, as the papers' code does (comparable with their PGD-20)",
+         "any": "a point as broken if any iterate misclassifies it (stronger than the papers' "
+                "last-iterate PGD-20, not comparable with it)"}
+  if not iterates:
+    return ""
+  if len(iterates) > 1:
+    return (f"**PGD-20 mixes iterates across rows ({', '.join(iterates)}): re-evaluate the "
+            f"older rows before comparing them.**")
+  return f"PGD-20 counts {say.get(iterates[0], iterates[0])}."
+
+
 def report(args) -> int:
   path = args.out
   text = open(path).read() if os.path.exists(path) else "# Results\n"
@@ -401,8 +416,10 @@ def report(args) -> int:
     ds = rows[0]["dataset"] if rows else ("subset" if "subset" in root else "digits")
     begin, end = f"<!-- BEGIN {ds} table -->", f"<!-- END {ds} table -->"
     n = {r.get("num_examples") for r in rows if r.get("status") == "ok"}
+    it = sorted({r.get("pgd20_iterate", "any") for r in rows if r.get("status") == "ok"})
     body = (f"{begin}\n{table(rows, root)}\n\nAccuracies in % on {', '.join(map(str, sorted(n))) or args_n(ds)} "
             f"test images (mean ± sample std over seeds where more than one). "
+            f"{pgd_iterate_caption(it)} "
             f"Rows from `{os.path.join(root, 'results.jsonl')}`. "
             f"*: the run's own end-of-training evaluation (results.json: clean and PGD-20 "
             f"on the whole test split, latest checkpoint), not the campaign evaluation.\n{end}")

@@ -36,7 +36,8 @@ errors of the statistic under the correct distribution (a planted bug moves
 a statistic far more). A linear model on 8x8x3 inputs (its torch twin for the
 reference), 32 points that it provably classifies correctly under every
 attack at ``EPS`` (so every round attacks every point); about a minute of
-CPU time. One known defect is an ``xfail(strict=True)`` test (end of file).
+CPU time. The last test guards a fixed defect: the randomized APGD-T target pass
+reused the key of step 1.
 """
 
 from __future__ import annotations
@@ -946,10 +947,6 @@ def test_rand_version_gives_every_eot_sample_its_own_key(monkeypatch):
   assert counts and all(c == per_run for c in counts), counts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known key reuse: _apgd_prepare draws the targets' clean forward pass with "
-    "fold_in(key, 1), the key of step 1 when eot_iter == 1 (randomized APGD-T only; "
-    "AutoAttack's 'rand' version runs no APGD-T). Remove this mark once fixed."))
 def test_randomized_apgd_t_target_pass_has_its_own_key():
   RAND_CALLS.clear()
   apgd_lib.apgd_rounds(rand_model, X, Y, 0, eps=EPS["linf"], norm="linf",

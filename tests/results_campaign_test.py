@@ -61,3 +61,11 @@ def test_tables_aggregate_seeds_and_the_last_row_wins(rc, tmp_path):
   assert "failed: boom" in main
   rows.append(dict(rows[2], status="ok", clean=1.0, pgd20=0.9, aa=0.8))  # a retry
   assert "failed" not in rc.table(rows)
+
+
+def test_caption_says_which_pgd_iterate_the_column_counts(rc):
+  assert "the last iterate, as the papers' code does" in rc.pgd_iterate_caption(["last"])
+  assert "any iterate" in rc.pgd_iterate_caption(["any"])
+  mixed = rc.pgd_iterate_caption(["any", "last"])
+  assert "mixes iterates" in mixed and "re-evaluate" in mixed
+  assert rc.pgd_iterate_caption([]) == ""

@@ -65,6 +65,7 @@ import numpy as np
 
 from kdrobust import losses
 from kdrobust.attacks.projected import as_key, canonical_norm
+from kdrobust.attacks._precision import with_precision
 
 Array = jax.Array
 LogitsFn = Callable[..., Array]
@@ -182,6 +183,7 @@ def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
   return np.concatenate([a, reps], axis=0)
 
 
+@with_precision
 def predict(logits_fn: LogitsFn, x, *, batch_size: int | None = None,
             key=None, randomized: bool = False, buckets: int = DEFAULT_BUCKETS) -> np.ndarray:
   """Batched argmax predictions as a numpy array (fixed padded chunk shape)."""
@@ -546,6 +548,7 @@ def _apgd_host(fn, x, y, y_target, x_init, eps, step0, key, tables, *, norm, los
   return _as_run(s)
 
 
+@with_precision
 def apgd_single_run(logits_fn: LogitsFn, x, y, x_init, *, eps, n_iter: int = 100,
                     norm: str = "linf", loss: str = "ce", y_target=None,
                     rho: float = 0.75, step_size=None, eot_iter: int = 1,
@@ -583,6 +586,9 @@ def apgd_single_run(logits_fn: LogitsFn, x, y, x_init, *, eps, n_iter: int = 100
              eot_iter=eot_iter, randomized=randomized)
 
 
+TARGET_PASS_FOLD = 2**31 - 2  # fold_in data of the APGD-T target pass (see _apgd_prepare)
+
+
 @functools.partial(jax.jit, static_argnames=("norm", "loss", "randomized", "random_init"))
 def _apgd_prepare(fn, x, round_idx, key, eps, n_restarts, *, norm, loss, randomized,
                   random_init):
@@ -591,7 +597,9 @@ def _apgd_prepare(fn, x, round_idx, key, eps, n_restarts, *, norm, loss, randomi
   Round ``r`` uses target class ``2 + r // n_restarts`` (APGD-T).
   """
   TRACES["apgd_prepare"] += 1
-  k_run, k_tgt = key, jax.random.fold_in(key, 1)
+  # The targets' clean pass (randomized models only) gets a key no step uses: steps use
+  # fold_in(key, i) for i <= n_iter, and EoT folds into those.
+  k_run, k_tgt = key, jax.random.fold_in(key, TARGET_PASS_FOLD)
   x_init = random_start(key, x, eps, norm) if random_init else x
   y_target = None
   if loss == "dlr-targeted":
@@ -622,6 +630,7 @@ def _apgd_chunk(fn, x, y, round_idx, key, eps, step0, n_restarts, tables, *, nor
   return _select(run, select=select)
 
 
+@with_precision
 def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
                 loss: str = "ce", n_iter: int = 100, n_restarts: int = 1,
                 n_target_classes: int = 1, rho: float = 0.75, step_size=None,
@@ -676,6 +685,7 @@ def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
   return x_adv, fooled, zero
 
 
+@with_precision
 def apgd(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
          loss: str = "ce", n_iter: int = 100, n_restarts: int = 1,
          rho: float = 0.75, step_size=None, eot_iter: int = 1,
@@ -707,6 +717,7 @@ def apgd(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
   return x_adv
 
 
+@with_precision
 def apgd_targeted(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
                   n_iter: int = 100, n_target_classes: int = 9,
                   n_restarts: int = 1, rho: float = 0.75, step_size=None,
