@@ -98,7 +98,8 @@ def method_and_teachers(method, igdm, eps, epochs, teacher, teacher2, unroll=1):
   first = config_lib.teacher_config(teacher)
   second = config_lib.teacher_config(teacher2 or teacher, which="latest")
   student, model_kw = "tiny_cnn", {}
-  if method in ("mtard", "iad2"):  # sorted names: adversarial (0) before natural (1)
+  # Two-teacher methods; sorted names: adversarial (0) before natural (1).
+  if method in ("mtard", "iad2", "b_mtard", "fair_mtard"):
     teachers = {"adversarial": first, "natural": second}
   elif method == "darht":  # slot k imitates teacher k; names keep the order
     teachers = {"t0_teacher": first, "t1_teacher2": second}

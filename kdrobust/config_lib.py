@@ -9,7 +9,10 @@ resolved through registries (models, methods, datasets, attacks).
 from __future__ import annotations
 
 import ast
-from typing import Any
+import difflib
+import importlib.util
+import os
+from typing import Any, Sequence
 
 import ml_collections as mlc
 
@@ -17,7 +20,8 @@ from kdrobust import methods as methods_lib
 
 # Keys that may differ when the same workdir is resumed (cadence, length).
 RESUMABLE_KEYS = ("total_steps", "log_every_steps", "ckpt", "eval.every_epochs",
-                  "teacher_eval_examples", "diagnostics")
+                  "teacher_eval_examples", "diagnostics", "compilation_cache_dir",
+                  "teacher_entropy")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
@@ -31,7 +35,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
     key, _, value = part.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f"Unknown config argument {key!r}; valid: {sorted(defaults)}.")
+      raise ValueError(f"Unknown config argument {key!r}; valid: {sorted(defaults)}."
+                       + did_you_mean(key, defaults, prefix=" Did you mean "))
     if not _:
       out[key] = True
       continue
@@ -39,7 +44,12 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
     if isinstance(default, bool):
       out[key] = value.lower() in ("1", "true", "yes", "y")
     elif isinstance(default, (int, float)):
-      out[key] = type(default)(ast.literal_eval(value))
+      try:
+        out[key] = type(default)(ast.literal_eval(value.strip()))
+      except (ValueError, TypeError, SyntaxError, OverflowError):
+        raise ValueError(f"Config argument {key}={value!r} is not a{'n' if isinstance(default, int) else ''} "
+                         f"{type(default).__name__} (default {default!r}); write e.g. "
+                         f"{key}={default!r}.") from None
     else:
       out[key] = value
   return mlc.ConfigDict(out)
@@ -66,7 +76,7 @@ def method_config(name: str, *, igdm_alpha: float = 0.0, igdm_beta: float = 1.0,
 
 
 def teacher_config(path: str = "", *, model: str = "", num_classes: int = 0,
-                   dtype: str = "float32", which: str = "best", class_names: str = "",
+                   dtype: str = "auto", which: str = "best", class_names: str = "",
                    **model_kw: Any) -> mlc.ConfigDict:
   """One entry of ``config.teachers``.
 
@@ -75,7 +85,9 @@ def teacher_config(path: str = "", *, model: str = "", num_classes: int = 0,
   PyTorch ``.pt``/``.pth`` state_dict (then ``model`` names the architecture
   and ``model_kw`` its keyword arguments). ``which`` picks a run's checkpoint:
   ``'best'`` (by robust accuracy), ``'latest'`` or a step number as a string.
-  ``dtype='bfloat16'`` runs the frozen teacher in bf16 (a free speed-up).
+  ``dtype``: the frozen teacher's compute dtype, ``'auto'`` (bfloat16 on
+  GPU/TPU, float32 on CPU: ``kdrobust.teachers.resolve_dtype``),
+  ``'float32'`` or ``'bfloat16'``; logits are float32 either way.
   ``class_names`` (a text file, one name per line, in the teacher's label
   order) lets the run refuse a ``.pt`` teacher whose class order differs from
   the dataset's (runs and converted teachers record their own).
@@ -109,6 +121,12 @@ def base_config() -> mlc.ConfigDict:
   # methods (MTARD: adversarial then natural; DARHT) see them in sorted name order.
   c.teachers = mlc.ConfigDict()
   c.teacher_eval_examples = 512  # clean + PGD-20 check of each teacher; 0 = off
+  # Teacher entropy on the robustly unlearnable set (kdrobust.teacher_entropy), once at
+  # the start of a run: unlearnable = a file of `python -m kdrobust.teacher_entropy
+  # identify` ('' = off); attack = the model its PGD is crafted on ('teacher', 'none' or a
+  # reference-student run directory); num_examples = first N indices of each set (0 = all).
+  c.teacher_entropy = mlc.ConfigDict({"unlearnable": "", "attack": "teacher",
+                                      "num_examples": 0})
   # Learning rate by 0-indexed epoch (kdrobust.train.make_schedule), then an
   # optional linear warm-up from 0 over warmup_epochs:
   # 'piecewise': lr x decay_factor^(number of decay_epochs <= epoch);
@@ -126,8 +144,13 @@ def base_config() -> mlc.ConfigDict:
   # any iterate, kdrobust.attacks.projected.pgd). aa_batch_size: AutoAttack's batch
   # size for `python -m kdrobust.evaluate` (the reference's 250; RobustBench's
   # benchmark() uses 32); training never runs AutoAttack.
+  # precision: the monitor's matmul precision, 'auto' = the compute dtype's
+  # (kdrobust.train_step.monitor_precision: bfloat16 for a bf16 model, else
+  # tensorfloat32), or 'highest' / 'tensorfloat32' / 'bfloat16'; num_examples
+  # (0 = the whole test split) sets its size. Reportable numbers: kdrobust.evaluate.
   c.eval = mlc.ConfigDict({
       "every_epochs": 1, "num_examples": 0, "eps": 8 / 255, "aa_batch_size": 250,
+      "precision": "auto",
       "attacks": {"pgd20": dict(eval_attack_config("pgd", steps=20, step_fraction=0.25),
                                 select="last")}})
   # Distillation diagnostics logged while training (kdrobust.diagnostics), on the
@@ -137,6 +160,9 @@ def base_config() -> mlc.ConfigDict:
       "every_epochs": 0, "num_examples": 512, "gradient_agreement": True,
       "local_linearity": False, "local_linearity_steps": 50})
   c.ckpt = mlc.ConfigDict({"every_epochs": 1, "keep": 2})
+  # JAX's persistent compilation cache (kdrobust.evaluation.compilation_cache):
+  # compiled steps and AutoAttack kernels reused across runs; '' or 'none': off.
+  c.compilation_cache_dir = "~/.cache/kdrobust/jax"
   # Where the recipe comes from (printed on the recipe card, kdrobust.recipe):
   # protocol name, sources of the settings ("[C:ARD@779ade3:main.py]" tags as in
   # methods.md) and free-text notes (paper-vs-code differences, choices).
@@ -178,3 +204,101 @@ def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]
 def new_keys(old: dict, new: dict) -> list[str]:
   """Keys of ``new`` that the saved config ``old`` does not have."""
   return sorted(set(flatten(new)) - set(flatten(old)))
+
+
+# ----------------------------------------------------------------------------
+# Loading a config file with one-line errors (kdrobust.main's --config).
+# ----------------------------------------------------------------------------
+def did_you_mean(name: str, valid, *, prefix: str = "did you mean ") -> str:
+  """``"<prefix>'close'?"`` for the closest of ``valid`` (difflib), or ``""``."""
+  close = difflib.get_close_matches(name, [str(v) for v in valid], n=1, cutoff=0.6)
+  return f"{prefix}{close[0]!r}?" if close else ""
+
+
+def load_config_file(spec: str) -> mlc.ConfigDict:
+  """``get_config(arg)`` of ``'path.py[:arg]'`` (what ``--config`` loads), one-line errors.
+
+  A missing file, a file without ``get_config`` or a ``get_config`` that
+  rejects ``arg`` (unknown key, malformed value) raises ``ValueError`` naming
+  the file and the fix.
+  """
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    what = "is a directory, not a config file" if os.path.isdir(path) else "does not exist"
+    here = os.path.dirname(path) or "."
+    avail = sorted(f for f in os.listdir(here) if f.endswith(".py")) if os.path.isdir(here) else []
+    raise ValueError(f"--config {path!r} {what}. Pass a config file, e.g. --config "
+                     "configs/quickstart.py"
+                     + (f" ({len(avail)} .py files in {here}: {', '.join(avail[:8])}"
+                        f"{', ...' if len(avail) > 8 else ''})" if avail else "") + ".")
+  try:
+    module_spec = importlib.util.spec_from_file_location("kdrobust_user_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+  except SyntaxError as e:
+    raise ValueError(f"--config {path!r} is not valid Python (line {e.lineno}: {e.msg}). "
+                     "Fix the file.") from e
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"--config {path!r} defines no get_config(). A config file defines "
+                     "get_config(arg=None) returning an ml_collections.ConfigDict.")
+  try:
+    config = module.get_config(arg) if _ else module.get_config()
+  except (ValueError, TypeError, KeyError) as e:
+    msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+    raise ValueError(f"--config {spec!r}: {msg}") from e
+  if not isinstance(config, mlc.ConfigDict):
+    raise ValueError(f"--config {path!r}: get_config() returned {type(config).__name__}, "
+                     "not an ml_collections.ConfigDict.")
+  return config
+
+
+def check_override_key(config: mlc.ConfigDict, key: str) -> None:
+  """Refuse ``--config.<key>=...`` when ``key`` (dotted) is not a field of ``config``.
+
+  The message suggests the closest existing key (difflib), e.g. ``unknown key
+  'optim.lrr'; did you mean 'optim.lr'?``.
+  """
+  node: Any = config
+  parts = key.split(".")
+  for i, part in enumerate(parts):
+    is_mapping = isinstance(node, (mlc.ConfigDict, dict))
+    if is_mapping and part in node:
+      node = node[part]
+      continue
+    if not is_mapping and i > 0:
+      parent = ".".join(parts[:i])
+      raise ValueError(f"--config.{key}: config.{parent} is a value "
+                       f"({type(node).__name__}), not a group of keys.")
+    full = sorted(flatten(config.to_dict()))
+    groups = {k.rsplit(".", j)[0] for k in full for j in range(1, k.count(".") + 1)}
+    hint = did_you_mean(key, full + sorted(groups), prefix="; did you mean ")
+    siblings = sorted(node) if is_mapping else []
+    raise ValueError(
+        f"Unknown config key {key!r} (--config.{key}){hint or '.'} "
+        + (f"Keys of config{'.' + '.'.join(parts[:i]) if i else ''}: "
+           f"{', '.join(map(str, siblings[:25]))}{', ...' if len(siblings) > 25 else ''}."
+           if siblings else "The config has no keys there."))
+
+
+def check_config_argv(argv: Sequence[str], flag: str = "config") -> mlc.ConfigDict | None:
+  """Check ``--config`` and every ``--config.<key>`` in ``argv`` before absl parses them.
+
+  Loads the file (:func:`load_config_file`) and checks each override key
+  (:func:`check_override_key`); returns the loaded config, or None when
+  ``--config`` is absent (absl then reports the missing flag).
+  """
+  spec, keys = None, []
+  args = list(argv)
+  for i, a in enumerate(args):
+    if a == "--":
+      break
+    if a == f"--{flag}" or a.startswith(f"--{flag}="):
+      spec = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else None)
+    elif a.startswith(f"--{flag}."):
+      keys.append(a[len(flag) + 3:].split("=", 1)[0])
+  if spec is None:
+    return None
+  config = load_config_file(spec)
+  for key in keys:
+    check_override_key(config, key)
+  return config

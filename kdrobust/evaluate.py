@@ -18,7 +18,9 @@ Library use::
                         num_examples=1000)
 
 Evaluation always applies the model in inference mode (batch norm running
-statistics) with matmuls at 'highest' precision.
+statistics) with matmuls at ``--precision`` (default 'highest', the only
+reportable one; the choice is recorded in the JSON). ``--compilation_cache_dir``
+(default ``~/.cache/kdrobust/jax``) keeps compiled kernels across runs.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdrobust import cli
+from kdrobust.attacks._precision import PRECISIONS
+from kdrobust.evaluation import compilation_cache
 from kdrobust.evaluation import masking
 from kdrobust.evaluation import presets as presets_lib
 from kdrobust.evaluation import report
@@ -66,8 +71,8 @@ class EvaluationError(ValueError):
 # Loading a run.
 # ----------------------------------------------------------------------------
 def _read_json(path: str) -> dict[str, Any]:
-  with open(path) as f:
-    return json.load(f)
+  from kdrobust import fileio  # pylint: disable=g-import-not-at-top
+  return fileio.read_json(path)  # a torn file: one line naming it (fileio.TornFileError)
 
 
 def _checkpointer(workdir: str):
@@ -96,8 +101,8 @@ def resolve_checkpoint(workdir: str, checkpoint: str | int = "best") -> tuple[in
       if best is not None:
         return best, "best"
       return steps[-1], "latest (no checkpoint records a robust accuracy)"
-    if which == "latest":
-      return steps[-1], "latest"
+    if which == "latest":  # the newest checkpoint not known to be corrupt
+      return (ck.latest_intact_step() or steps[-1]), "latest"
     try:
       step = int(which)
     except ValueError:
@@ -128,6 +133,14 @@ def load_run(workdir: str, checkpoint: str | int = "best", *, dtype: str = "floa
   ck = _checkpointer(workdir)
   try:
     raw = ck.restore_raw_single_device(step)
+  except Exception as e:  # pylint: disable=broad-except
+    others = [s for s in ck.all_steps() if s != step]
+    raise EvaluationError(
+        f"The checkpoint at step {step} in {ck.directory} is unreadable (corrupt or truncated: "
+        f"{type(e).__name__}: {' '.join(str(e).split())[:160]}). "
+        + (f"Evaluate another one with --checkpoint N (available: {', '.join(map(str, others))}), "
+           "or rerun the training command to rewrite it." if others else
+           "Rerun the training command to rewrite it.")) from e
   finally:
     ck.close()
   model_cfg = mlc.ConfigDict(_tuples(spec["model"]))
@@ -525,13 +538,15 @@ def plan(workdir: str, *, checkpoint="best", num_examples=None, eps=None,
               norm_c, name, json_path, png_path, int(aa_batch_size), rb_path, rb_fields)
 
 
-def _metadata(p: Plan, command: Sequence[str] | None) -> dict[str, Any]:
+def _metadata(p: Plan, command: Sequence[str] | None, precision: str = "highest"
+              ) -> dict[str, Any]:
   """Provenance fields of the record: run, checkpoint, versions, device, time."""
   meta = {"name": p.name, "workdir": os.path.abspath(p.workdir),
           "checkpoint": {"requested": p.requested, "step": p.step, "resolved": p.resolved},
           "dataset": p.config.data.name, "split": "test", "model": p.spec["model"].get("name"),
           "method": p.config.method.get("name") if "method" in p.config else None,
-          "precision": "highest", "compute_dtype": "float32", "batch_norm": "inference",
+          "precision": precision, "reportable_precision": precision == "highest",
+          "compute_dtype": "float32", "batch_norm": "inference",
           "versions": versions(), "device": device_string(),
           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
   if command is not None:
@@ -549,8 +564,16 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
                  data_dir: str | None = None, progress: bool = True,
                  log: Callable[[str], None] | None = print,
                  command: Sequence[str] | None = None, aa_batch_size: int | None = None,
-                 robustbench: bool | dict = False) -> dict[str, Any]:
+                 robustbench: bool | dict = False, unlearnable: str | None = None,
+                 unlearnable_attack: str = "teacher",
+                 precision: str = "highest") -> dict[str, Any]:
   """Evaluate a run; returns the record written to ``DIR/eval/<name>.json``.
+
+  ``unlearnable`` (a file of ``python -m kdrobust.teacher_entropy identify``,
+  needs ``teacher``) adds ``diagnostics.teacher_entropy``: the teacher's
+  entropy on the robustly unlearnable training set, with PGD crafted on
+  ``unlearnable_attack`` ('teacher', 'student' = this run, 'none', or a run
+  directory); see :mod:`kdrobust.teacher_entropy`.
 
   Every input is checked, and an existing output refused, before any compute
   (:func:`plan`). ``eps``: None (the run's ``config.eval.eps``), a float, or
@@ -565,15 +588,25 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
   ``docs/evaluation.md``.
   """
   t_start = time.time()
+  if precision not in PRECISIONS:
+    raise EvaluationError(f"Unknown --precision {precision!r}; valid: {', '.join(PRECISIONS)} "
+                          "(reportable numbers use highest).")
+  if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+    raise EvaluationError(f"--batch_size must be a positive integer, got {batch_size}.")
   p = plan(workdir, checkpoint=checkpoint, num_examples=num_examples, eps=eps,
            attacks=attacks, aa_version=aa_version, norm=norm, name=name,
            overwrite=overwrite, write=write, plot=plot, teacher=teacher,
            local_linearity=local_linearity, transfer_from=transfer_from,
            aa_batch_size=aa_batch_size, robustbench=robustbench)
+  if unlearnable:
+    from kdrobust import teacher_entropy as te_lib  # pylint: disable=g-import-not-at-top
+    te_file = te_lib.check_for_evaluate(p.config.data.name, unlearnable, teacher=teacher,
+                                        attack=unlearnable_attack,
+                                        data_dir=data_dir or p.config.data.data_dir or None)
   module, variables, config, _ = load_run(workdir, p.step)
   bs = int(batch_size or config.data.get("eval_batch_size", 256))
   x, y = load_test_data(config, num_examples, data_dir=data_dir, batch_size=bs)
-  fn = runner.flax_logits_fn(module, variables)
+  fn = runner.flax_logits_fn(module, variables, precision=precision)
   source, transfer_meta = None, None
   if transfer_from:
     smod, svars, _, sstep = load_run(transfer_from, "best")
@@ -590,7 +623,7 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
                                      attacks=p.attacks, norm=p.norm, aa_version=aa_version,
                                      seed=seed, batch_size=bs,
                                      aa_batch_size=p.aa_batch_size, transfer_fn=source,
-                                     progress=progress, log=log)
+                                     progress=progress, log=log, precision=precision)
     diagnostics = None
     if teacher or local_linearity:
       say("Diagnostics: " + ", ".join(
@@ -599,8 +632,18 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
       diagnostics = run_diagnostics(fn, x, y, eps_list=p.eps_list, teacher=teacher,
                                     local_linearity=local_linearity, seed=seed,
                                     batch_size=bs)
+    if unlearnable:
+      t_fn, t_source = load_teacher(teacher)
+      student = unlearnable_attack == "student"
+      diagnostics = dict(diagnostics or {}, teacher_entropy=te_lib.diagnose(
+          t_fn, dict(te_file, path=os.path.abspath(unlearnable)), dataset=config.data.name,
+          data_dir=data_dir or config.data.data_dir or None,
+          attack="teacher" if student else unlearnable_attack, attack_fn=fn if student else None,
+          attack_source=f"student:run:{os.path.abspath(workdir)}@{p.step}" if student else None,
+          teacher_source=t_source, seed=seed, batch_size=bs, log=log))
+      say(te_lib.summary_line(diagnostics["teacher_entropy"]))
   record = build_record(results, headline=headline_eps(p.eps_list, p.configured_eps),
-                        meta=_metadata(p, command))
+                        meta=_metadata(p, command, precision))
   if transfer_meta:
     record["transfer_from"] = transfer_meta
   if diagnostics is not None:
@@ -642,7 +685,7 @@ def _check_same_classes(fn, other, x, *, what: str) -> None:
 # ----------------------------------------------------------------------------
 def make_parser() -> argparse.ArgumentParser:
   """The CLI flags (documented in docs/evaluation.md)."""
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m kdrobust.evaluate",
       description="Evaluate a kdrobust run: clean, FGSM, PGD-20, CW-inf and AutoAttack; "
       "writes DIR/eval/<name>.json and flags gradient masking.")
@@ -677,38 +720,52 @@ def make_parser() -> argparse.ArgumentParser:
                  help="Also write DIR/eval/<name>.png (needs matplotlib).")
   p.add_argument("--teacher", default=None,
                  help="Teacher run/converted dir or .pt: adds GD/GC input-gradient figures.")
+  p.add_argument("--unlearnable", default=None, metavar="FILE",
+                 help="With --teacher: the teacher's entropy on the robustly unlearnable set "
+                 "in FILE (python -m kdrobust.teacher_entropy identify).")
+  p.add_argument("--unlearnable_attack", default="teacher",
+                 help="Model the PGD of --unlearnable is crafted on: teacher (default), "
+                 "student (this run), none, or a run directory.")
   p.add_argument("--local_linearity", action="store_true",
                  help="Add KDIGA's local-linearity measure.")
   p.add_argument("--transfer_from", default=None,
                  help="Another run: PGD-20 examples crafted on it, evaluated on this one.")
   p.add_argument("--data_dir", default=None, help="Override the run's config.data.data_dir.")
   p.add_argument("--no_progress", action="store_true", help="No progress bar.")
+  p.add_argument("--precision", default="highest", choices=PRECISIONS,
+                 help="Matmul precision of every attack and forward, recorded in the JSON "
+                 "(default highest, the only reportable one; tensorfloat32/bfloat16 are faster "
+                 "on GPUs/TPUs).")
+  p.add_argument("--compilation_cache_dir", default=compilation_cache.DEFAULT_DIR,
+                 help="JAX's persistent compilation cache (default "
+                 f"{compilation_cache.DEFAULT_DIR}; 'none' turns it off).")
   return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Run the CLI; returns the exit status (0 ok, 1 bad input or existing output)."""
+  """Run the CLI; returns the exit status (0 ok, 2 bad input or existing output: one line
+  ``error: ...`` on stderr, the traceback with ``--debug``; :mod:`kdrobust.cli`)."""
+  return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
   args = make_parser().parse_args(argv)
-  from kdrobust import data as data_lib  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable(args.compilation_cache_dir)
   if args.robustbench_field and not args.robustbench:
-    print("error: --robustbench_field needs --robustbench.", file=sys.stderr, flush=True)
-    return 1
-  try:
-    record = evaluate_run(
-        args.workdir, checkpoint=args.checkpoint, num_examples=args.num_examples,
-        eps=args.eps, attacks=args.attacks, aa_version=args.aa_version, norm=args.norm,
-        seed=args.seed, batch_size=args.batch_size, name=args.name, overwrite=args.overwrite,
-        plot=args.plot, teacher=args.teacher, local_linearity=args.local_linearity,
-        transfer_from=args.transfer_from, data_dir=args.data_dir,
-        aa_batch_size=args.aa_batch_size,
-        robustbench=(parse_robustbench_fields(args.robustbench_field) or True)
-        if args.robustbench else False,
-        progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr, flush=True),
-        command=["python -m kdrobust.evaluate"] + list(argv if argv is not None
-                                                       else sys.argv[1:]))
-  except (ValueError, FileExistsError, ImportError, data_lib.DatasetNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 1
+    raise EvaluationError("--robustbench_field needs --robustbench.")
+  record = evaluate_run(
+      args.workdir, checkpoint=args.checkpoint, num_examples=args.num_examples,
+      eps=args.eps, attacks=args.attacks, aa_version=args.aa_version, norm=args.norm,
+      seed=args.seed, batch_size=args.batch_size, name=args.name, overwrite=args.overwrite,
+      plot=args.plot, teacher=args.teacher, local_linearity=args.local_linearity,
+      transfer_from=args.transfer_from, data_dir=args.data_dir,
+      aa_batch_size=args.aa_batch_size, unlearnable=args.unlearnable,
+      unlearnable_attack=args.unlearnable_attack,
+      robustbench=(parse_robustbench_fields(args.robustbench_field) or True)
+      if args.robustbench else False,
+      precision=args.precision,
+      progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr, flush=True),
+      command=["python -m kdrobust.evaluate"] + list(argv))
   print(report.format_table(record), flush=True)
   extra = [record[k] for k in ("plot",) if k in record]
   if "model_info" in record.get("robustbench", {}):

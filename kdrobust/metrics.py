@@ -62,19 +62,35 @@ class MetricWriter:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-  """All rows of a ``metrics.jsonl`` file."""
+  """All rows of a ``metrics.jsonl`` file.
+
+  A torn *last* line (the process was killed while appending it) is dropped;
+  a malformed line elsewhere raises :class:`kdrobust.fileio.TornFileError`
+  naming the file and the line.
+  """
+  from kdrobust import fileio  # pylint: disable=g-import-not-at-top
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      if i == len(lines) - 1:
+        break
+      raise fileio.TornFileError(
+          f"{path} line {i + 1} is malformed. Delete that line (or the file) and rerun."
+      ) from None
+  return rows
 
 
 def truncate_after(path: str, step: int) -> None:
-  """Drop rows logged after ``step`` (a resumed run re-logs them)."""
+  """Drop rows logged after ``step`` (a resumed run re-logs them); atomic rewrite."""
+  from kdrobust import fileio  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     return
   rows = [r for r in read_jsonl(path) if r["step"] <= step]
-  with open(path, "w") as f:
-    for r in rows:
-      f.write(json.dumps(r) + "\n")
+  fileio.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def progress(total: int, initial: int = 0, desc: str = "train"):

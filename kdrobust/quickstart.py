@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 from typing import Sequence
@@ -36,13 +35,31 @@ def load_config(path: str, arg: str | None = None):
 
 
 def _finished(workdir: str, config) -> bool:
+  """``results.json`` of this config exists and its final checkpoint is not corrupt.
+
+  A corrupt final checkpoint sends the stage back to training, which falls
+  back to the newest intact checkpoint and writes the final one again.
+  """
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return False
+  from kdrobust import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from kdrobust import config_lib  # pylint: disable=g-import-not-at-top
-  with open(path) as f:
-    old = json.load(f)["config"]
-  return not config_lib.config_differences(old, config.to_dict())
+  from kdrobust import fileio  # pylint: disable=g-import-not-at-top
+  results = fileio.read_json(path)
+  if config_lib.config_differences(results["config"], config.to_dict()):
+    return False
+  ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), enable_async=False)
+  try:
+    status, reason = ck.check(results["step"]) if results["step"] in ck.all_steps() else (
+        ckpt_lib.CORRUPT, "missing")
+  finally:
+    ck.close()
+  if status == ckpt_lib.CORRUPT:
+    print(f"== the final checkpoint (step {results['step']}) in {workdir} is corrupt "
+          f"({reason}): training again to rewrite it", flush=True)
+    return False
+  return True
 
 
 def _train(name: str, workdir: str, config) -> None:
@@ -54,6 +71,28 @@ def _train(name: str, workdir: str, config) -> None:
   train.train_and_evaluate(config, workdir)
 
 
+def _reusable_eval(workdir: str, request: str) -> dict | None:
+  """The record of an earlier quickstart evaluation of the same request and checkpoint.
+
+  ``request`` (eps, AutoAttack version, number of examples) is stored as the
+  record's ``command``; the record must also be of the run's latest intact
+  checkpoint. A missing or unreadable record means evaluating again.
+  """
+  from kdrobust import evaluate  # pylint: disable=g-import-not-at-top
+  from kdrobust import fileio  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "eval", "quickstart.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    rec = fileio.read_json(path)
+    step, _ = evaluate.resolve_checkpoint(workdir, "latest")
+    if rec.get("command") == request and rec["checkpoint"]["step"] == step:
+      return rec
+  except (ValueError, KeyError, TypeError, OSError):
+    pass
+  return None
+
+
 def _num_params(workdir: str) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   from kdrobust import evaluate  # pylint: disable=g-import-not-at-top
@@ -61,9 +100,55 @@ def _num_params(workdir: str) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
 
 
+def _check_args(args) -> None:
+  """Every flag, before any config is built or anything trains (one-line errors)."""
+  import math  # pylint: disable=g-import-not-at-top
+  from kdrobust import cli  # pylint: disable=g-import-not-at-top
+  from kdrobust import train  # pylint: disable=g-import-not-at-top
+  from kdrobust.evaluation import presets  # pylint: disable=g-import-not-at-top
+  if args.epochs < 1:
+    raise cli.UserError(f"--epochs must be >= 1, got {args.epochs}", "Pass e.g. --epochs 15")
+  if not (math.isfinite(args.eps) and 0 < args.eps <= 1):
+    raise cli.UserError(f"--eps must be in (0, 1] (L-inf radius in [0,1] pixel space), "
+                        f"got {args.eps}", "Pass e.g. --eps 0.1")
+  if args.num_examples < 0:
+    raise cli.UserError(f"--num_examples must be >= 0 (0 = all 360), got {args.num_examples}",
+                        "Pass e.g. --num_examples 200")
+  if args.aa_version not in presets.AA_VERSIONS:
+    raise cli.UserError(f"Unknown --aa_version {args.aa_version!r}",
+                        f"Valid: {', '.join(presets.AA_VERSIONS)}")
+  train.check_workdir_path(args.workdir)
+
+
+def _check_stages(configs) -> None:
+  """Both stages' configs and workdirs, before any training: no --overwrite here."""
+  from kdrobust import cli  # pylint: disable=g-import-not-at-top
+  from kdrobust import config_lib  # pylint: disable=g-import-not-at-top
+  from kdrobust import fileio  # pylint: disable=g-import-not-at-top
+  from kdrobust import train  # pylint: disable=g-import-not-at-top
+  for workdir, config in configs:
+    train.check_ranges(config)
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+      diff = config_lib.config_differences(fileio.read_json(path), config.to_dict())
+      if diff:
+        raise cli.UserError(
+            f"{workdir} holds a run of a different config (differs in: {', '.join(diff[:10])})",
+            "Pass another --workdir, or move that directory aside (the quickstart reuses or "
+            "resumes a run of the same settings, and never replaces one)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  """The quickstart behind the error boundary (:mod:`kdrobust.cli`): bad flags exit 2."""
+  from kdrobust import cli  # pylint: disable=g-import-not-at-top
+  return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
+  from kdrobust import cli  # pylint: disable=g-import-not-at-top
+  p = cli.ArgumentParser(prog="python -m kdrobust.quickstart",
+                         description=__doc__.split("\n\n")[0],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", default="runs/quickstart")
   p.add_argument("--epochs", type=int, default=15, help="epochs of each training run")
   p.add_argument("--eps", type=float, default=0.1, help="L-inf budget in [0,1] pixel space")
@@ -74,22 +159,34 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = p.parse_args(argv)
 
   from kdrobust import evaluate  # pylint: disable=g-import-not-at-top
+  from kdrobust import fileio  # pylint: disable=g-import-not-at-top
   teacher_dir = os.path.join(args.workdir, "teacher")
   student_dir = os.path.join(args.workdir, "student")
+  _check_args(args)
   common = f"epochs={args.epochs},eps={args.eps}"
-  _train("teacher (small_cnn, PGD-AT)", teacher_dir,
-         load_config(os.path.join(CONFIGS, "quickstart.py"), common))
-  _train("student (tiny_cnn, AdaAD + IGDM)", student_dir,
-         load_config(os.path.join(CONFIGS, "quickstart_distill.py"),
-                     f"{common},teacher={teacher_dir}"))
+  teacher_config = load_config(os.path.join(CONFIGS, "quickstart.py"), common)
+  student_config = load_config(os.path.join(CONFIGS, "quickstart_distill.py"),
+                               f"{common},teacher={teacher_dir}")
+  _check_stages(((teacher_dir, teacher_config), (student_dir, student_config)))
+  _train("teacher (small_cnn, PGD-AT)", teacher_dir, teacher_config)
+  _train("student (tiny_cnn, AdaAD + IGDM)", student_dir, student_config)
 
   rows = {}
   for name, workdir in (("teacher", teacher_dir), ("student", student_dir)):
-    print(f"== evaluating the {name} with PGD-20 and AutoAttack ({args.aa_version})", flush=True)
-    rec = evaluate.evaluate_run(workdir, checkpoint="latest", eps=args.eps,
-                                attacks=("clean", "pgd20", "aa"), aa_version=args.aa_version,
-                                num_examples=args.num_examples or None, name="quickstart",
-                                overwrite=True, log=None)
+    request = (f"python -m kdrobust.quickstart --eps {args.eps!r} --aa_version "
+               f"{args.aa_version} --num_examples {args.num_examples} (checkpoint latest)")
+    rec = _reusable_eval(workdir, request)
+    if rec is not None:  # a finished rerun does not redo AutoAttack
+      print(f"== {name}: reusing the finished evaluation in {workdir}/eval/quickstart.json",
+            flush=True)
+    else:
+      print(f"== evaluating the {name} with PGD-20 and AutoAttack ({args.aa_version})",
+            flush=True)
+      rec = evaluate.evaluate_run(workdir, checkpoint="latest", eps=args.eps,
+                                  attacks=("clean", "pgd20", "aa"), aa_version=args.aa_version,
+                                  num_examples=args.num_examples or None, name="quickstart",
+                                  overwrite=True, log=None, command=[request])
+      fileio.fault_point("quickstart_eval")
     rows[name] = {"params": _num_params(workdir), "clean": rec["clean_acc"],
                   "pgd20": rec["robust_acc"]["pgd20"], "autoattack": rec["autoattack_acc"],
                   "num_examples": rec["num_examples"]}
@@ -101,8 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   for name, r in rows.items():
     print(f"{labels[name]:<34}{r['params']:>9,}{r['clean']:>9.2%}{r['pgd20']:>9.2%}"
           f"{r['autoattack']:>12.2%}")
-  with open(os.path.join(args.workdir, "summary.json"), "w") as f:
-    json.dump({"eps": args.eps, "aa_version": args.aa_version, **rows}, f, indent=2)
+  fileio.write_json(os.path.join(args.workdir, "summary.json"),
+                    {"eps": args.eps, "aa_version": args.aa_version, **rows})
   print(f"\nWrote {os.path.join(args.workdir, 'summary.json')}; metrics in */metrics.jsonl, "
         "evaluations in */eval/quickstart.json.")
   return 0

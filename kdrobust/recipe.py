@@ -510,8 +510,8 @@ def write_card(workdir: str, config) -> str:
     with open(path) as f:
       old = f.read()
   if old != card:
-    with open(path, "w") as f:
-      f.write(card)
+    from kdrobust import fileio  # pylint: disable=g-import-not-at-top
+    fileio.write_text(path, card)  # atomic
     if old is not None:
       print(f"Regenerated {path}: the config differs from the one it was written for.",
             flush=True)

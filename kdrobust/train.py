@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ import kdrobust
 from kdrobust import checkpoint as ckpt_lib
 from kdrobust import config_lib
 from kdrobust import data as data_lib
+from kdrobust import fileio
 from kdrobust import methods as methods_lib
 from kdrobust import metrics as metrics_lib
 from kdrobust import models as models_lib
@@ -43,7 +45,14 @@ class WorkdirConflictError(RuntimeError):
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss or the gradients became NaN/Inf."""
+  """The loss, the gradients, the parameters or the BN statistics became NaN/Inf or blew up."""
+
+
+# The NaN guard's blow-up threshold on max |parameter or BN statistic|. Trained
+# weight-decayed CNNs/ResNets here stay below ~1e2 (BN running variances below
+# ~1e4); a diverging update (e.g. a learning rate multiplied by 1e30) lands
+# many orders of magnitude above 1e6 while the loss can still be finite.
+BLOWUP_THRESHOLD = 1e6
 
 
 # ----------------------------------------------------------------------------
@@ -196,8 +205,122 @@ def diagnose(diag_step, variables, teacher_variables, batches, mesh, eps: float
 # ----------------------------------------------------------------------------
 # Validation: every bad input fails before any compute.
 # ----------------------------------------------------------------------------
-def validate(config) -> tuple[Any, Any]:
-  """Check names, dataset, teachers; returns ``(method, dataset_info)``."""
+SCHEDULES = ("constant", "piecewise", "table", "cosine")
+
+
+def _is_num(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _need(ok: bool, key: str, want: str, got: Any) -> None:
+  """``ValueError('config.<key> must be <want>; got <got>. Set --config.<key>=...')``."""
+  if not ok:
+    raise ValueError(f"config.{key} must be {want}; got {got!r}. Set --config.{key}=<value> "
+                     "(or fix the config file).")
+
+
+def check_ranges(config) -> None:
+  """The numeric fields a run reads, in range (one-line ``ValueError`` naming the key).
+
+  eps in [0, 1] for L-inf (finite, >= 0 for L2: pixels are in [0, 1]); the
+  learning rate, momentum, weight decay and schedule factors finite and >= 0;
+  batch sizes, ``num_epochs``, ``log_every_steps``, ``ckpt.keep`` and attack
+  steps >= 1; ``total_steps`` >= 0 (0: the whole ``num_epochs``); cadences
+  (``eval``/``ckpt``/``diagnostics.every_epochs``) finite, > 0 for checkpoints
+  and >= 0 (0 = off) for the others; example counts >= 0.
+  """
+  fin = lambda v: _is_num(v) and math.isfinite(v)  # noqa: E731
+  ints = (("num_epochs", 1), ("total_steps", 0), ("log_every_steps", 1), ("num_devices", 0),
+          ("data.batch_size", 1), ("data.eval_batch_size", 1), ("ckpt.keep", 1),
+          ("teacher_eval_examples", 0), ("eval.num_examples", 0), ("eval.aa_batch_size", 1),
+          ("diagnostics.num_examples", 0))
+  for key, lo in ints:
+    node, *rest = key.split(".")
+    if node not in config or (rest and rest[0] not in config[node]):
+      continue
+    v = config[node][rest[0]] if rest else config[node]
+    _need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, key,
+          f"an integer >= {lo}", v)
+  o = config.optim
+  for key in ("lr", "weight_decay", "decay_factor", "warmup_epochs"):
+    if key in o:
+      _need(fin(o[key]) and o[key] >= 0, f"optim.{key}", "a finite number >= 0", o[key])
+  if "momentum" in o:
+    _need(fin(o.momentum) and 0 <= o.momentum <= 1, "optim.momentum", "in [0, 1]", o.momentum)
+  _need(o.schedule in SCHEDULES, "optim.schedule", f"one of {', '.join(SCHEDULES)}",
+        o.schedule)
+  for e in tuple(o.get("decay_epochs", ()) or ()):
+    _need(fin(e) and e >= 0, "optim.decay_epochs", "finite epochs >= 0",
+          list(o.decay_epochs))
+  if o.schedule == "table":
+    _table_schedule(o.lr, tuple(o.get("lr_epochs", ())), tuple(o.get("lr_factors", ())), 1)
+  _need(fin(config.ckpt.every_epochs) and config.ckpt.every_epochs > 0, "ckpt.every_epochs",
+        "a finite number > 0", config.ckpt.every_epochs)
+  for key in ("eval.every_epochs", "diagnostics.every_epochs"):
+    node, leaf = key.split(".")
+    if node in config and leaf in config[node]:
+      v = config[node][leaf]
+      _need(fin(v) and v >= 0, key, "a finite number >= 0 (0 = off)", v)
+
+  def check_eps(key, v, norm):
+    linf = str(norm).lower() in ("linf", "inf", "l_inf")
+    _need(fin(v) and v >= 0 and (v <= 1 or not linf), key,
+          "in [0, 1] (pixels are in [0, 1]; e.g. 8/255 = 0.0314)" if linf
+          else "a finite number >= 0", v)
+
+  check_eps("eval.eps", config.eval.eps, "linf")
+  attack = config.method.get("attack")
+  if attack is not None:
+    if "eps" in attack:
+      check_eps("method.attack.eps", attack.eps, attack.get("norm", "linf"))
+    if "step_size" in attack:
+      _need(fin(attack.step_size) and attack.step_size >= 0, "method.attack.step_size",
+            "a finite number >= 0", attack.step_size)
+    if "steps" in attack:
+      _need(isinstance(attack.steps, int) and attack.steps >= 0, "method.attack.steps",
+            "an integer >= 0", attack.steps)
+  for name, a in config.eval.attacks.items():
+    if "steps" in a:
+      _need(isinstance(a.steps, int) and a.steps >= 1, f"eval.attacks.{name}.steps",
+            "an integer >= 1", a.steps)
+    if "restarts" in a:
+      _need(isinstance(a.restarts, int) and a.restarts >= 1,
+            f"eval.attacks.{name}.restarts", "an integer >= 1", a.restarts)
+    if "step_fraction" in a:
+      _need(fin(a.step_fraction) and a.step_fraction >= 0,
+            f"eval.attacks.{name}.step_fraction", "a finite number >= 0", a.step_fraction)
+
+
+def check_workdir_path(workdir: str) -> None:
+  """Refuse a ``--workdir`` that cannot hold a run (before anything is written).
+
+  It must be a directory or not exist yet, its nearest existing ancestor a
+  writable directory, and the workdir itself writable if it exists.
+  """
+  if not workdir:
+    raise ValueError("--workdir is empty. Pass --workdir DIR (created if missing).")
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"--workdir {workdir} is a file, not a directory. Pass a directory "
+                     "(it is created if missing).")
+  probe = path
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise ValueError(f"--workdir {workdir} cannot be created: {probe} is a file. Pass "
+                     "another --workdir.")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    what = "is read-only" if probe == path else f"cannot be created ({probe} is read-only)"
+    raise ValueError(f"--workdir {workdir} {what}. Pass a writable --workdir, or fix the "
+                     "permissions.")
+
+
+def validate(config, workdir: str | None = None) -> tuple[Any, Any]:
+  """Check ranges, names, dataset, teachers (and ``workdir``); returns ``(method, dataset_info)``.
+
+  Nothing is computed or written before this passes.
+  """
+  check_ranges(config)
   method = methods_lib.from_config(config.method)  # unknown names/fields -> ValueError
   if config.model.name not in models_lib.available():
     raise ValueError(f"Unknown model {config.model.name!r}; valid models: "
@@ -220,6 +343,10 @@ def validate(config) -> tuple[Any, Any]:
                      f"got {n} ({', '.join(config.teachers) or 'none'}).")
   for name, tc in config.teachers.items():
     teachers_lib.check_compatible(name, tc, info)
+  if (config.get("teacher_entropy") or {}).get("unlearnable"):  # kdrobust.teacher_entropy
+    from kdrobust import teacher_entropy as te_lib  # pylint: disable=g-import-not-at-top
+    te_lib.check_config(config.teacher_entropy, config.data.name,
+                        config.data.data_dir or None, num_teachers=n)
   d = config.get("diagnostics")
   if d is not None and d.every_epochs:
     if not (d.local_linearity or (d.gradient_agreement and n)):
@@ -229,6 +356,11 @@ def validate(config) -> tuple[Any, Any]:
           "config.diagnostics.local_linearity is off.")
     if d.local_linearity and d.local_linearity_steps < 1:
       raise ValueError("config.diagnostics.local_linearity_steps must be >= 1.")
+  mesh = parallel.make_mesh(config.num_devices or None)  # no compute: a device list
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  parallel.check_batch_size(config.data.eval_batch_size, mesh)
+  if workdir is not None:
+    check_workdir_path(workdir)
   return method, info
 
 
@@ -285,21 +417,41 @@ class _Preemption:
 
 def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
                        overwrite: bool = False) -> dict[str, Any]:
-  """Train ``config`` in ``workdir`` (resuming if it holds this run); returns results."""
+  """Train ``config`` in ``workdir`` (resuming if it holds this run); returns results.
+
+  One writer per workdir: :class:`kdrobust.fileio.WorkdirLock` is held from
+  just after validation to the end (a second writer gets
+  :class:`kdrobust.fileio.WorkdirLockedError`; a dead holder's lock is taken over).
+  """
+  lock = fileio.WorkdirLock(workdir)
+  try:
+    return _train_and_evaluate(config, workdir, overwrite=overwrite, lock=lock)
+  finally:
+    lock.release()
+
+
+def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[str, Any]:
   # -- Validate (no compute before this passes). ------------------------------
-  method, info = validate(config)
+  method, info = validate(config, workdir)
   config_dict = config.to_dict()
+  lock.acquire()  # before the workdir is read or moved aside
   resuming = _check_workdir(workdir, config_dict, overwrite)
+  if not os.path.exists(lock.path):  # --overwrite moved the old run (and the lock) aside
+    lock.release()
+    lock.acquire()
+  # Teachers are loaded and checked before anything is written: a failed start leaves no
+  # stub config.json that would block the corrected command.
+  teachers = [teachers_lib.load(name, tc) for name, tc in config.teachers.items()]
+  for t in teachers:
+    teachers_lib.check_against_data(t, info)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config_dict, f, indent=2, default=list)
-    with open(os.path.join(workdir, "model.json"), "w") as f:  # read by teacher loading
-      json.dump({"model": config.model.to_dict(), "num_classes": info.num_classes,
-                 "image_shape": list(info.image_shape), "dataset": config.data.name,
-                 # label order, checked when this run is used as a teacher
-                 "class_names": list(info.class_names) if info.class_names else None},
-                f, indent=2, default=list)
+    fileio.write_json(os.path.join(workdir, "config.json"), config_dict)
+    fileio.write_json(os.path.join(workdir, "model.json"), {  # read by teacher loading
+        "model": config.model.to_dict(), "num_classes": info.num_classes,
+        "image_shape": list(info.image_shape), "dataset": config.data.name,
+        # label order, checked when this run is used as a teacher
+        "class_names": list(info.class_names) if info.class_names else None})
     # recipe.md: the card of `python -m kdrobust.recipe`, regenerated at every start.
     from kdrobust import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
     recipe_lib.write_card(workdir, config)
@@ -322,28 +474,31 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
                                        init=config.model.get("init", "flax")),
                   out_shardings=rep)()
 
-  # -- Teachers: frozen, replicated, checked. ---------------------------------
-  teachers = [teachers_lib.load(name, tc) for name, tc in config.teachers.items()]
-  for t in teachers:
-    teachers_lib.check_against_data(t, info)
+  # -- Teachers: frozen, replicated, checked (loaded above). --------------------
   teacher_vars = tuple(parallel.replicate(mesh, t.variables) for t in teachers)
-  writer = metrics_lib.MetricWriter(workdir)
 
   # -- Resume. -----------------------------------------------------------------
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.ckpt.keep)
   start_step, best = 0, {}
   if resuming and ckpt.all_steps():
     restored = ckpt.restore_latest(ckpt_lib.abstract_like(state))
-    if restored is not None:
-      state, meta, start_step = restored
-      logging.info("Resumed from the checkpoint at step %d in %s.", start_step, workdir)
-      print(f"Resumed from the checkpoint at step {start_step} in {workdir}.", flush=True)
-      metrics_lib.truncate_after(writer.path, start_step)
+    if restored is None:  # never a silent restart from step 0
+      msg = ckpt.unreadable_message(workdir)
+      ckpt.close()
+      raise ckpt_lib.CheckpointError(msg)
+    state, meta, start_step = restored
+    logging.info("Resumed from the checkpoint at step %d in %s.", start_step, workdir)
+    print(f"Resumed from the checkpoint at step {start_step} in {workdir}.", flush=True)
+    metrics_lib.truncate_after(os.path.join(workdir, "metrics.jsonl"), start_step)
   elif resuming:
-    metrics_lib.truncate_after(writer.path, 0)
+    metrics_lib.truncate_after(os.path.join(workdir, "metrics.jsonl"), 0)
+  writer = metrics_lib.MetricWriter(workdir)  # after the refusal above: it creates tb/
 
   # -- Evaluation setup. ---------------------------------------------------------
-  eval_step = step_lib.make_eval_step(model.apply, eval_attacks(config.eval), seed=config.seed)
+  eval_step = step_lib.make_eval_step(
+      model.apply, eval_attacks(config.eval), seed=config.seed,
+      precision=step_lib.monitor_precision(config.eval.get("precision", "auto"),
+                                           config.model.get("dtype", "float32")))
 
   def eval_batches(num_examples):
     return data_lib.eval_iterator(config.data.name, data_dir=config.data.data_dir or None,
@@ -369,13 +524,21 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
   last_diag: dict[str, float] = {}
   if start_step == 0 and config.teacher_eval_examples and teachers:
     for t in teachers:
-      t_eval = step_lib.make_eval_step(t.module.apply, eval_attacks(config.eval), seed=config.seed)
+      t_eval = step_lib.make_eval_step(
+          t.module.apply, eval_attacks(config.eval), seed=config.seed,
+          precision=step_lib.monitor_precision(config.eval.get("precision", "auto"), t.dtype))
       res = evaluate(t_eval, t.variables, eval_batches(config.teacher_eval_examples), mesh,
                      config.eval.eps)
       writer.write(0, f"teacher/{t.name}", _flat_eval(res))
       print(f"Teacher {t.name}: clean {res['clean_accuracy']:.4f} "
             + " ".join(f"{k} {v:.4f}" for k, v in res["robust_accuracy"].items())
             + f" ({res['num_examples']} test examples)", flush=True)
+  if start_step == 0 and teachers and (config.get("teacher_entropy") or {}).get("unlearnable"):
+    from kdrobust import teacher_entropy as te_lib  # pylint: disable=g-import-not-at-top
+    te_lib.check_teachers(teachers, config.teacher_entropy, dataset=config.data.name,
+                          data_dir=config.data.data_dir or None, workdir=workdir,
+                          seed=config.seed, batch_size=config.data.eval_batch_size,
+                          writer=writer)
 
   # -- Train. --------------------------------------------------------------------
   train_step = step_lib.make_train_step(
@@ -393,6 +556,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
       if config.eval.every_epochs else 0
   ckpt_every = max(int(config.ckpt.every_epochs * steps_per_epoch), 1)
   last_eval: dict[str, Any] = {}
+  last_eval_step = -1  # the step last_eval belongs to (only that checkpoint carries it)
   bar = metrics_lib.progress(total_steps, initial=start_step)
   t0, s0 = time.time(), start_step
   step = start_step
@@ -404,8 +568,11 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
       bar.update(1)
       is_log = step % config.log_every_steps == 0 or step == total_steps
       is_epoch_end = step % steps_per_epoch == 0 or step == total_steps
-      if is_log or is_epoch_end or preempt.requested:
-        _check_finite(state, step, ckpt)
+      is_eval = bool(eval_every) and (step % eval_every == 0 or step == total_steps)
+      # An evaluated state is always checkpointed: its accuracy labels that checkpoint.
+      is_ckpt = step % ckpt_every == 0 or step == total_steps or preempt.requested or is_eval
+      if is_log or is_epoch_end or is_ckpt:
+        _check_finite(state, step, ckpt)  # before anything is saved
       if is_log:
         m = jax.device_get(metrics)
         m["steps_per_sec"] = (step - s0) / max(time.time() - t0, 1e-9)
@@ -413,24 +580,26 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
         writer.write(step, "train", m)
         bar.set_postfix_str(metrics_lib.format_scalars(m, ("loss", "lr")), refresh=False)
         t0, s0 = time.time(), step
-      if eval_every and (step % eval_every == 0 or step == total_steps):
+      if is_eval:
         last_eval = evaluate(eval_step, state.variables(),
                              eval_batches(config.eval.num_examples), mesh, config.eval.eps)
+        last_eval_step = step
+        fileio.fault_point("eval")
         writer.write(step, "eval", _flat_eval(last_eval))
       if diag_step is not None and (step % diag_every == 0 or step == total_steps):
         last_diag = run_diagnostics(step, state.variables())
       if is_epoch_end:
         epoch = -(-step // steps_per_epoch)
         summary = f"epoch {epoch} step {step}/{total_steps}"
-        if last_eval:
+        if last_eval and last_eval_step == step:  # never an older evaluation's numbers
           summary += (f" clean {last_eval['clean_accuracy']:.4f} "
                       + " ".join(f"{k} {v:.4f}" for k, v in last_eval["robust_accuracy"].items()))
         if last_diag:
           summary += " " + " ".join(f"{k} {v:.4g}" for k, v in last_diag.items())
         bar.write(summary)
-      if step % ckpt_every == 0 or step == total_steps or preempt.requested:
-        ckpt.save(step, state, dict(meta_base, step=step, metrics=_best_metrics(last_eval)),
-                  metrics=_best_metrics(last_eval) or None)
+      if is_ckpt:
+        own = _best_metrics(last_eval) if last_eval_step == step else {}  # only its own eval
+        ckpt.save(step, state, dict(meta_base, step=step, metrics=own), metrics=own or None)
       if preempt.requested:
         ckpt.close()
         bar.close()
@@ -438,26 +607,35 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
               "Run the same command to resume.", flush=True)
         raise SystemExit(143)
   bar.close()
-  ckpt.wait()
+  ckpt.wait()  # every save finished and verified
 
   # -- Final evaluation and results. ---------------------------------------------
-  final = last_eval if eval_every and last_eval else evaluate(
+  final = last_eval if last_eval and last_eval_step == step else evaluate(
       eval_step, state.variables(), eval_batches(config.eval.num_examples), mesh,
       config.eval.eps)
+  best_step = ckpt.best_step()
+  for s in {step, best_step} - {None}:  # results.json only names readable checkpoints
+    if ckpt.check(s)[0] == ckpt_lib.UNVERIFIED:
+      ckpt.verify(s)
+    if ckpt.check(s)[0] != ckpt_lib.INTACT:
+      msg = (f"The checkpoint at step {s} in {ckpt.directory} is corrupt "
+             f"({ckpt.check(s)[1]}); results.json was not written. Run the same command again.")
+      ckpt.close()
+      raise ckpt_lib.CheckpointError(msg)
   results = {
       "clean_accuracy": final["clean_accuracy"],
       "robust_accuracy": final["robust_accuracy"],
       "num_examples": final["num_examples"], "eps": config.eval.eps,
-      "step": step, "best_step": ckpt.best_step(), "method": method.name,
+      "step": step, "best_step": best_step, "method": method.name,
       "config": config_dict, "code_version": code_version(),
       **({"diagnostics": last_diag} if last_diag else {}),
       "jax_version": jax.__version__, "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
   }
   ckpt.close()
   writer.close()
+  fileio.fault_point("results")
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2, default=list)
+    fileio.write_json(os.path.join(workdir, "results.json"), results)
   print(f"Final: clean accuracy {results['clean_accuracy']:.4f}, robust accuracy "
         + ", ".join(f"{k} {v:.4f}" for k, v in results["robust_accuracy"].items())
         + f" on {results['num_examples']} test examples (eps {config.eval.eps:.4f}).", flush=True)
@@ -478,11 +656,45 @@ def _best_metrics(res: dict[str, Any]) -> dict[str, float]:
           "clean_accuracy": res["clean_accuracy"]}
 
 
+@jax.jit
+def _max_abs(tree) -> jax.Array:
+  """``max |x|`` over the floating leaves of ``tree`` (NaN if any leaf holds a NaN)."""
+  leaves = [jnp.max(jnp.abs(x)).astype(jnp.float32) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating) and x.size]
+  return jnp.max(jnp.stack(leaves)) if leaves else jnp.float32(0)
+
+
 def _check_finite(state: TrainState, step: int, ckpt) -> None:
-  if int(jax.device_get(state.nonfinite)) > 0:
-    ckpt.close()
-    last = ckpt.latest_step()
-    raise NonFiniteLossError(
-        f"The loss or gradients became NaN/Inf before step {step}; the bad update was "
-        f"not applied and the run stopped. The last good checkpoint (step {last}) in "
-        f"{ckpt.directory} is intact. Lower the learning rate or check the data.")
+  """The NaN guard, run at log steps, epoch ends and before every checkpoint.
+
+  Stops the run if an update was rejected (loss or gradients NaN/Inf,
+  ``state.nonfinite``) or if a parameter or BN statistic is no longer finite
+  or exceeds :data:`BLOWUP_THRESHOLD` in magnitude (an update that diverged
+  while the loss was still finite). Passing marks every earlier checkpoint
+  "good" (training continued finitely from it); the message names the last
+  good one, or says there is none.
+  """
+  rejected = int(jax.device_get(state.nonfinite))
+  size = float(jax.device_get(_max_abs({"params": state.params,
+                                        "batch_stats": state.batch_stats})))
+  if rejected == 0 and size <= BLOWUP_THRESHOLD:  # NaN compares False: caught here
+    ckpt.mark_healthy(step)
+    return
+  ckpt.close()
+  if rejected:
+    cause = (f"the loss or gradients became NaN/Inf before step {step} (the bad update "
+             "was not applied)")
+  else:
+    cause = (f"the parameters or BN statistics diverged before step {step} (max |value| "
+             f"{size:.3g}, threshold {BLOWUP_THRESHOLD:.0e})")
+  good = ckpt.good_steps()
+  if good:
+    where = (f"The last good checkpoint (step {good[-1]}, from which training continued "
+             f"finitely) in {ckpt.directory} is intact.")
+  else:
+    saved = ckpt.intact_steps()
+    where = ("There is no last good checkpoint: " + (
+        f"training did not continue finitely from the newest one (step {saved[-1]}) "
+        if saved else "none was saved yet ") + f"in {ckpt.directory}.")
+  raise NonFiniteLossError(f"The run stopped: {cause}. {where} Lower the learning rate "
+                           "(check the schedule) or check the data.")

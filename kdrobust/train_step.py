@@ -9,7 +9,10 @@ run draws exactly the same randomness.
 Numerical safety: if the loss or the gradients are not finite, the step
 returns the *previous* state (parameters, optimizer, batch statistics and
 method state untouched) and increments ``state.nonfinite``; the loop stops the
-run on the next log step with the last good checkpoint intact.
+run on the next log step with the last good checkpoint intact. A method's
+epoch-boundary update (``Method.epoch_update``, applied at the first step of
+each later epoch by :func:`kdrobust.methods.base.epoch_boundary`) stands even
+when that step is rejected, so it happens exactly once.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import jax.numpy as jnp
 import optax
 
 from kdrobust import losses
-from kdrobust.methods.base import Ctx, InnerStudent, Method, TrainForward
+from kdrobust.methods.base import (Ctx, InnerStudent, Method, TrainForward,
+                                   epoch_boundary, has_epoch_update)
 from kdrobust.state import TrainState
 
 Array = jax.Array
@@ -57,10 +61,15 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
     mask = batch.get("mask")
     if mask is None:
       mask = jnp.ones(batch["label"].shape, bool)
+    # Epoch-boundary update of the method state (base.epoch_boundary): kept
+    # even if this step is rejected, so the update happens exactly once.
+    method_state = state.method_state
+    if has_epoch_update(method):
+      method_state = epoch_boundary(method, method_state, state.step, steps_per_epoch)
     ctx = Ctx(x=batch["image"], y=batch["label"], mask=mask,
               key=jax.random.fold_in(key, 0), epoch=epoch,
               num_epochs=num_epochs, num_classes=num_classes,
-              student_inner=student_inner, teachers=teachers)
+              student_inner=student_inner, teachers=teachers, state=method_state)
     x_adv = method.perturb(ctx)
     if x_adv is not None:
       x_adv = jax.lax.stop_gradient(x_adv)
@@ -72,7 +81,7 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
     def loss_fn(params):
       student = TrainForward(apply_fn, params, batch_stats,
                              rngs=jax.random.fold_in(key, 1))
-      out = method.loss(ctx, student, x_adv, state.method_state)
+      out = method.loss(ctx, student, x_adv, method_state)
       return out.loss, (out, student.batch_stats)
 
     (loss, (out, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -84,7 +93,7 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
     keep = ~finite
     if out.skip is not None:
       keep = keep | out.skip
-    new_ms = out.state if out.state is not None else state.method_state
+    new_ms = out.state if out.state is not None else method_state
     pick = lambda new, old, k=keep: jax.tree.map(lambda a, b: jnp.where(k, b, a), new, old)
     new_state = state.replace(
         step=state.step + 1,
@@ -93,7 +102,7 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
         # comes after them), so its statistics stand; non-finite ones do not.
         batch_stats=pick(new_bs, state.batch_stats, ~finite),
         opt_state=pick(new_opt, state.opt_state),
-        method_state=pick(new_ms, state.method_state),
+        method_state=pick(new_ms, method_state),
         nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
     metrics = dict(out.metrics)
     metrics["loss"] = loss
@@ -113,10 +122,15 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
   return jax.jit(step, donate_argnums=(0,), out_shardings=(rep, rep))
 
 
-def make_eval_step(apply_fn, attacks: Mapping[str, Callable], *, seed: int = 0):
+def make_eval_step(apply_fn, attacks: Mapping[str, Callable], *, seed: int = 0,
+                   precision: str = "highest"):
   """Per-batch correct counts: ``eval(variables, batch, eps) -> {name: count}``.
 
-  Batch norm runs in inference mode and matmuls at 'highest' precision.
+  Batch norm runs in inference mode; the forwards and the attacks run at
+  ``precision`` (``kdrobust.attacks.PRECISIONS``; 'highest' by default, the
+  training loop's monitor passes ``config.eval.precision``, by default the
+  compute dtype's: :func:`monitor_precision`). Attacks called without
+  ``precision=`` inherit it (``attacks/_precision.attack_scope``).
   ``attacks`` maps a name to ``attack(logits_fn, x, y, key, eps) -> x_adv``.
   ``eps`` is traced, so evaluating several epsilons never recompiles. Counts
   respect ``batch['mask']`` (padding of the last batch). The training loop
@@ -125,11 +139,13 @@ def make_eval_step(apply_fn, attacks: Mapping[str, Callable], *, seed: int = 0):
   monitor is the papers' PGD-20, the ``pgd20`` preset of
   ``kdrobust.evaluate`` (which draws its own random starts).
   """
+  from kdrobust.attacks import _precision  # pylint: disable=g-import-not-at-top
+  _precision.check_precision(precision)
   base_key = jax.random.PRNGKey(seed)
 
   @jax.jit
   def eval_step(variables, batch, eps, batch_index):
-    with jax.default_matmul_precision("highest"):
+    with _precision.attack_scope(precision):
       logits_fn = lambda x: apply_fn(variables, x, train=False)
       x, y, mask = batch["image"], batch["label"], batch["mask"]
       out = {"clean": jnp.sum(losses.accuracy(logits_fn(x), y) * mask)}
@@ -141,6 +157,24 @@ def make_eval_step(apply_fn, attacks: Mapping[str, Callable], *, seed: int = 0):
       return out
 
   return eval_step
+
+
+def monitor_precision(eval_precision: str, compute_dtype: str = "float32") -> str:
+  """The in-training monitor's matmul precision for ``config.eval.precision``.
+
+  ``'auto'`` (the default) is the training compute's own: ``'bfloat16'`` for a
+  bfloat16 model, ``'tensorfloat32'`` for a float32 one (XLA's default for
+  float32 on GPUs, TF32). It only ranks checkpoints; reportable numbers come
+  from ``python -m kdrobust.evaluate`` at 'highest'. Any name of
+  ``kdrobust.attacks.PRECISIONS`` is taken as is.
+  """
+  from kdrobust.attacks import _precision  # pylint: disable=g-import-not-at-top
+  if eval_precision == "auto":
+    return "bfloat16" if str(compute_dtype) == "bfloat16" else "tensorfloat32"
+  if eval_precision not in _precision.PRECISIONS:
+    raise ValueError(f"Unknown config.eval.precision {eval_precision!r}; valid: auto, "
+                     f"{', '.join(_precision.PRECISIONS)}.")
+  return eval_precision
 
 
 def make_diagnostics_step(apply_fn, teacher_apply_fns: Mapping[str, Callable] | None = None, *,

@@ -210,7 +210,7 @@ def test_cli_prints_table(run_dir, capsys):
     saved = json.load(f)
   assert saved["command"].startswith("python -m kdrobust.evaluate")
   capsys.readouterr()
-  assert evaluate.main(cmd[3:]) == 1  # in-process: the same file exists
+  assert evaluate.main(cmd[3:]) == 2  # in-process: the same file exists (kdrobust.cli: 2)
   assert "--overwrite" in capsys.readouterr().err
 
 
@@ -263,7 +263,7 @@ def test_robustbench_model_info(run_dir, capsys):
   assert mi["full_test_set"] is None and "not a RobustBench dataset" in mi["notes"][0]
   assert rec["robustbench_model_info"] == info
   # Both files are protected from overwriting; bad requests fail before any compute.
-  assert evaluate.main(argv) == 1
+  assert evaluate.main(argv) == 2
   assert "--overwrite" in capsys.readouterr().err
   for bad, msg in (([], "needs AutoAttack"), (["--attacks=clean,aa", "--aa_version=plus"],
                                                "aa_version standard"),
@@ -272,9 +272,9 @@ def test_robustbench_model_info(run_dir, capsys):
                    (["--attacks=clean,aa", "--robustbench_field", "additional_data=maybe"],
                     "true or false")):
     assert evaluate.main([f"--workdir={run_dir}", "--attacks=clean", "--robustbench",
-                          "--name=bad"] + bad) == 1
+                          "--name=bad"] + bad) == 2
     assert msg in capsys.readouterr().err
-  assert evaluate.main([f"--workdir={run_dir}", "--robustbench_field", "venue=x"]) == 1
+  assert evaluate.main([f"--workdir={run_dir}", "--robustbench_field", "venue=x"]) == 2
   assert "needs --robustbench" in capsys.readouterr().err
 
 

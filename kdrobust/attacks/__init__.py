@@ -2,9 +2,12 @@
 
 Every evaluation attack takes ``logits_fn`` (any function from float32 NHWC
 images in [0, 1] to logits), the inputs, the true labels and a PRNG key or an
-integer seed.
+integer seed, and ``precision=`` ('highest' by default, 'tensorfloat32' or
+'bfloat16'): the matmul precision the attack traces under, whatever the
+caller's context (attacks/_precision.py).
 """
 
+from kdrobust.attacks._precision import PRECISIONS, check_precision  # noqa: F401
 from kdrobust.attacks.projected import (  # noqa: F401
     as_key, ascent_direction, cw_linf, fgsm, maximize, pgd, pgd_inner,
     project, random_init)

@@ -10,6 +10,7 @@ names (``autoattack.version_config``, ``apgd.apgd_single_run``) stay reachable.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import types
 
@@ -24,3 +25,5 @@ def make_callable(module_name: str, fn) -> None:
       return fn(*args, **kwargs)
 
   module.__class__ = _CallableModule
+  # inspect.signature(module) shows fn's (e.g. its precision= keyword).
+  module.__signature__ = inspect.signature(fn)

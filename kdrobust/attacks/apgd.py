@@ -71,7 +71,8 @@ Array = jax.Array
 LogitsFn = Callable[..., Array]
 APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
 DEFAULT_BATCH = 250  # AutoAttack's run_standard_evaluation default.
-DEFAULT_BUCKETS = 8  # padded chunk shapes per kernel (see bucket_size)
+DEFAULT_BUCKETS = 8  # padded chunk shapes per kernel on CPU (see bucket_size)
+ACCELERATOR_BUCKETS = 2  # on GPU/TPU, where each shape costs seconds to compile
 # Trace counters of the jitted kernels (tests assert that nothing retraces).
 TRACES: collections.Counter = collections.Counter()
 
@@ -175,6 +176,79 @@ def _predict(fn, x, key, randomized=False):
   return jnp.argmax(call_logits(fn, x, key, randomized), axis=-1)
 
 
+def resolve_buckets(buckets: int | None) -> int:
+  """``None``: :data:`DEFAULT_BUCKETS` (8) on CPU, :data:`ACCELERATOR_BUCKETS` (2) elsewhere.
+
+  On an accelerator a compilation costs seconds (minutes for AutoAttack's six
+  kernel families x 8 shapes), a padded row microseconds; on CPU the reverse.
+  """
+  if buckets is None:
+    return DEFAULT_BUCKETS if jax.default_backend() == "cpu" else ACCELERATOR_BUCKETS
+  if int(buckets) < 1:
+    raise ValueError(f"buckets must be >= 1 (or None for the backend's default), got {buckets}.")
+  return int(buckets)
+
+
+def attack_mesh(devices=None):
+  """A 1-D mesh (axis ``'rows'``) over ``devices`` for sharding attack chunks, or None.
+
+  ``devices``: ``None``/``'all'`` = every local device, an int = the first
+  that many, or a sequence of devices. One device gives ``None`` (no
+  sharding, plain arrays). The attack kernels are per-example, so a chunk's
+  rows split over the mesh need no collectives.
+  """
+  if devices is None or devices == "all":
+    devs = jax.local_devices()
+  elif isinstance(devices, int):
+    avail = jax.local_devices()
+    if not 1 <= devices <= len(avail):
+      raise ValueError(f"devices={devices}: between 1 and {len(avail)} local devices.")
+    devs = avail[:devices]
+  else:
+    devs = list(devices)
+  if len(devs) <= 1:
+    return None
+  return jax.sharding.Mesh(np.asarray(devs), ("rows",))
+
+
+def mesh_size(mesh) -> int:
+  return 1 if mesh is None else int(mesh.devices.size)
+
+
+def put_rows(a: np.ndarray, mesh=None) -> Array:
+  """``a`` on the device(s): its leading (row) axis split over ``mesh`` if given."""
+  if mesh is None:
+    return jnp.asarray(a)
+  spec = jax.sharding.PartitionSpec("rows", *([None] * (np.ndim(a) - 1)))
+  return jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
+
+
+_SHARDED: dict = {}
+
+
+def sharded_kernel(core, mesh, row_args: tuple[bool, ...], **static):
+  """``jit(shard_map(core))``: each device runs ``core`` on its own rows, no collectives.
+
+  ``row_args[i]`` says whether positional argument ``i`` is split by rows
+  (``P('rows')``) or replicated (``P()``: the logits function and its
+  parameters, eps, tables, keys); every output is split by rows. ``static``
+  are ``core``'s static keyword arguments. Cached per (core, mesh, layout,
+  statics), so a chunk never retraces. For the per-example kernels (APGD
+  and FAB runs) the rows of a device give the same numbers as the same rows
+  of a one-device chunk; random draws happen outside, in the (global)
+  prepare kernels, so they do not depend on the device count.
+  """
+  key = (core, mesh, row_args, tuple(sorted(static.items())))
+  fn = _SHARDED.get(key)
+  if fn is None:
+    rows, rep = jax.sharding.PartitionSpec("rows"), jax.sharding.PartitionSpec()
+    fn = jax.jit(jax.shard_map(functools.partial(core, **static), mesh=mesh,
+                               in_specs=tuple(rows if r else rep for r in row_args),
+                               out_specs=rows, check_vma=False))
+    _SHARDED[key] = fn
+  return fn
+
+
 def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
   """Pad ``a`` to ``n`` rows by repeating its first row (valid numbers, masked out)."""
   if a.shape[0] == n:
@@ -185,48 +259,60 @@ def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
 
 @with_precision
 def predict(logits_fn: LogitsFn, x, *, batch_size: int | None = None,
-            key=None, randomized: bool = False, buckets: int = DEFAULT_BUCKETS) -> np.ndarray:
-  """Batched argmax predictions as a numpy array (fixed padded chunk shape)."""
+            key=None, randomized: bool = False, buckets: int | None = DEFAULT_BUCKETS,
+            mesh=None) -> np.ndarray:
+  """Batched argmax predictions as a numpy array (fixed padded chunk shape).
+
+  Chunks of ``batch_size`` rows (default ``min(250, N)``), a smaller one
+  padded to a :func:`bucket_size` shape of ``batch_size``, so AutoAttack's
+  re-checks of ever fewer robust points reuse a few shapes. ``mesh``
+  (:func:`attack_mesh`) splits every chunk's rows over its devices.
+  """
   fn = as_logits_fn(logits_fn)
   x = np.asarray(x)
   n = x.shape[0]
-  bs = min(batch_size or DEFAULT_BATCH, n)
+  bs = int(batch_size) if batch_size else min(DEFAULT_BATCH, n)
   key = as_key(0 if key is None else key)
   out = np.empty((n,), np.int64)
-  for c, (sel, size) in enumerate(chunks(np.arange(n), bs, buckets)):
-    pred = _predict(fn, jnp.asarray(_pad_rows(x[sel], size)), derive_key(key, c),
+  for c, (sel, size) in enumerate(chunks(np.arange(n), bs, resolve_buckets(buckets),
+                                         mesh_size(mesh))):
+    pred = _predict(fn, put_rows(_pad_rows(x[sel], size), mesh), derive_key(key, c),
                     randomized=randomized)
     out[sel] = np.asarray(pred)[:sel.size]
   return out
 
 
-def bucket_size(n: int, batch_size: int, buckets: int = DEFAULT_BUCKETS) -> int:
+def bucket_size(n: int, batch_size: int, buckets: int = DEFAULT_BUCKETS,
+                multiple: int = 1) -> int:
   """Padded row count for a chunk of ``n <= batch_size`` rows.
 
   The shapes are ``ceil(k batch_size / buckets)`` rounded up to a multiple of
   8 (capped at ``batch_size``), ``k = 1 .. buckets``: at most ``buckets``
   compilations per kernel, at most ``batch_size / buckets`` padded rows.
-  ``buckets=1`` gives one fixed shape.
+  ``buckets=1`` gives one fixed shape. ``multiple`` (the number of devices a
+  chunk is split over) rounds every size up to a multiple of it.
   """
+  up = lambda v: -(-v // multiple) * multiple
   if buckets <= 1 or n >= batch_size:
-    return batch_size
+    return up(batch_size)
   for k in range(1, buckets + 1):
     size = min(batch_size, -(-int(math.ceil(k * batch_size / buckets)) // 8) * 8)
     if n <= size:
-      return size
-  return batch_size
+      return up(size)
+  return up(batch_size)
 
 
-def chunks(idx: np.ndarray, batch_size: int, buckets: int = DEFAULT_BUCKETS):
+def chunks(idx: np.ndarray, batch_size: int, buckets: int = DEFAULT_BUCKETS,
+           multiple: int = 1):
   """Cut ``idx`` into ``(rows, padded_size)`` chunks of at most ``batch_size`` rows."""
   for start in range(0, idx.size, batch_size):
     sel = idx[start:start + batch_size]
-    yield sel, bucket_size(sel.size, batch_size, buckets)
+    yield sel, bucket_size(sel.size, batch_size, buckets, multiple)
 
 
 def run_rounds(kernel, x: np.ndarray, y: np.ndarray, active: np.ndarray, *,
-               n_rounds: int, key: Array, batch_size: int, buckets: int = DEFAULT_BUCKETS,
-               progress: Callable[[int, int], None] | None = None):
+               n_rounds: int, key: Array, batch_size: int, buckets: int | None = DEFAULT_BUCKETS,
+               progress: Callable[[int, int], None] | None = None, mesh=None):
   """Run ``n_rounds`` rounds of a per-example-independent attack with compaction.
 
   Round ``r`` attacks the points that are ``active`` and not yet fooled, in
@@ -234,9 +320,14 @@ def run_rounds(kernel, x: np.ndarray, y: np.ndarray, active: np.ndarray, *,
   repeating a row, masked out) to one of the :func:`bucket_size` shapes.
   ``kernel(xb, yb, valid, r, key) -> (adv, success, aux)`` runs one chunk;
   where ``success`` the point is fooled and ``adv`` stored.
-  ``progress(done, total_estimate)`` is called after every chunk. Returns
+  ``progress(done, total_estimate)`` is called after every chunk. ``mesh``
+  (:func:`attack_mesh`) splits each chunk's rows over its devices (padded
+  sizes rounded up to a multiple of the device count); the kernels are
+  per-example, so the split needs no collectives. Returns
   ``(x_adv, fooled, aux_list)``.
   """
+  buckets = resolve_buckets(buckets)
+  multiple = mesh_size(mesh)
   x_adv = np.array(x, copy=True)
   fooled = np.zeros(x.shape[0], bool)
   aux = []
@@ -246,11 +337,11 @@ def run_rounds(kernel, x: np.ndarray, y: np.ndarray, active: np.ndarray, *,
     if idx.size == 0:
       break
     total_est = done + idx.size * (n_rounds - r)
-    for c, (sel, size) in enumerate(chunks(idx, batch_size, buckets)):
+    for c, (sel, size) in enumerate(chunks(idx, batch_size, buckets, multiple)):
       nv = sel.size
       valid = np.arange(size) < nv
-      adv, succ, a = kernel(jnp.asarray(_pad_rows(x[sel], size)),
-                            jnp.asarray(_pad_rows(y[sel], size)), jnp.asarray(valid),
+      adv, succ, a = kernel(put_rows(_pad_rows(x[sel], size), mesh),
+                            put_rows(_pad_rows(y[sel], size), mesh), put_rows(valid, mesh),
                             jnp.asarray(r, jnp.int32), derive_key(key, r, c))
       succ = np.asarray(succ)[:nv]
       adv = np.asarray(adv)[:nv]
@@ -637,7 +728,7 @@ def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
                 eot_iter: int = 1, randomized: bool = False,
                 random_init: bool = True, active=None, select: str = "adv",
                 batch_size: int | None = None, progress=None, loop: str = "auto",
-                buckets: int = DEFAULT_BUCKETS):
+                buckets: int | None = DEFAULT_BUCKETS, mesh=None):
   """Host driver shared by :func:`apgd`, :func:`apgd_targeted` and AutoAttack.
 
   Returns ``(x_adv, fooled, zero_grad_count)`` as numpy arrays; ``x_adv`` is
@@ -645,7 +736,8 @@ def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
   points to attack, e.g. AutoAttack's still-robust points. ``select='adv'``
   keeps the misclassified iterate (AutoAttack); ``select='loss'`` returns
   every attacked point's highest-loss iterate (transfer attacks) and marks
-  them all as done.
+  them all as done. ``batch_size`` is the chunk size (rows per kernel call,
+  split over ``mesh``'s devices if given: :func:`run_rounds`).
   """
   norm = canonical_norm(norm)
   fn = as_logits_fn(logits_fn)
@@ -668,6 +760,17 @@ def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
 
   def kernel(xb, yb, valid, r, k):
     del valid
+    if mesh is not None:  # prepare globally (draws as on one device), run per device
+      x_init, y_target, k_run = _apgd_prepare(fn, xb, r, k, eps_a, n_res, norm=norm,
+                                              loss=loss, randomized=randomized,
+                                              random_init=random_init)
+      core = sharded_kernel(_apgd_core, mesh,
+                            (False, True, True, y_target is not None, True, False, False,
+                             False, False),
+                            norm=norm, loss=loss, eot_iter=eot_iter, randomized=randomized)
+      res = core(fn, xb, yb, y_target, x_init, eps_a, step0,
+                 k_run if randomized else None, tables)
+      return _select(res, select=select)
     if device:
       return _apgd_chunk(fn, xb, yb, r, k, eps_a, step0, n_res, tables, **static)
     x_init, y_target, k_run = _apgd_prepare(fn, xb, r, k, eps_a, n_res, norm=norm,
@@ -680,7 +783,7 @@ def apgd_rounds(logits_fn: LogitsFn, x, y, key=0, *, eps, norm: str = "linf",
 
   x_adv, fooled, aux = run_rounds(kernel, x, y, active, n_rounds=n_rounds,
                                   key=as_key(key), batch_size=bs, buckets=buckets,
-                                  progress=progress)
+                                  progress=progress, mesh=mesh)
   zero = int(sum(int(np.sum(a)) for a in aux)) if loss != "ce" else 0
   return x_adv, fooled, zero
 

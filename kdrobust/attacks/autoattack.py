@@ -27,11 +27,28 @@ custom    ``attacks=[...]`` from the names above
 Scheduling. Stages run in order on the still-robust points. APGD/APGD-T/FAB
 are per-example independent, so each of their rounds (restart or target)
 takes *all* still-robust points, compacted on the host and cut into padded
-chunks of exactly ``batch_size`` rows (one compilation per kernel, none per
-batch or epsilon). Square's draws are shared by a batch, so it uses the
+chunks of ``chunk_size`` rows (one compilation per kernel and bucket, none
+per batch or epsilon). Square's draws are shared by a batch, so it uses the
 reference's batches: the still-robust points in index order, in chunks of
 ``batch_size``. Only the assignment of random numbers differs from the
 reference (its seeds are torch's; ours ``fold_in(PRNGKey(seed), stage)``).
+
+At scale (defaults resolved by the backend; CPU keeps the small-machine
+behaviour):
+
+* ``chunk_size`` (APGD/FAB/clean-pass rows per kernel call) is decoupled from
+  Square's ``batch_size``; default ``batch_size x devices``.
+* ``buckets``: padded shapes per kernel, 8 on CPU, 2 on GPU/TPU (a shape
+  costs seconds to compile there, a padded row microseconds).
+* ``devices``: every chunk's rows are split over a 1-D mesh of the local
+  devices (1 on CPU, all on accelerators); the kernels are per-example, so
+  no collectives. Padded sizes become multiples of the device count; with
+  ``batch_size`` and ``chunk_size`` multiples of it, results equal the
+  one-device run's (tests/attacks_autoattack_scale_test.py).
+* compile once per process and shape; ``kdrobust.evaluation.compilation_cache``
+  keeps the executables across processes.
+* ``precision`` (default ``'highest'``) is enforced inside and recorded in
+  ``AutoAttackConfig.precision``.
 
 Sanity checks (the reference's ``checks.py``), returned as ``warnings``:
 randomness of the forward pass (5 passes on the first batch, not in 'rand'),
@@ -52,13 +69,15 @@ import warnings as _warnings
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from kdrobust.attacks import _precision
 from kdrobust.attacks.apgd import (DEFAULT_BATCH, DEFAULT_BUCKETS, _pad_rows, apgd_rounds,
-                                   as_logits_fn, call_logits, derive_key, predict)
+                                   as_logits_fn, attack_mesh, call_logits, derive_key,
+                                   mesh_size, predict, put_rows, resolve_buckets)
 from kdrobust.attacks.fab import fab_rounds
 from kdrobust.attacks.projected import as_key, canonical_norm
+from kdrobust.attacks._precision import with_precision
 from kdrobust.attacks.square import square_batches
 
 logger = logging.getLogger("kdrobust.autoattack")
@@ -86,6 +105,9 @@ class AutoAttackConfig:
   square_queries: int = 5000
   square_p_init: float = 0.8
   buckets: int = DEFAULT_BUCKETS
+  chunk_size: int = DEFAULT_BATCH  # APGD/FAB/clean-pass rows per kernel call
+  devices: int = 1  # devices each chunk is split over
+  precision: str = "highest"  # matmul precision of every kernel
 
 
 def version_config(version: str, *, norm: str = "Linf", eps: float = 8 / 255,
@@ -239,10 +261,10 @@ def _tqdm_progress():
 
 
 def _run_stage(name: str, fn, x, y, active, key, cfg: AutoAttackConfig, norm: str,
-               randomized: bool, progress):
+               randomized: bool, progress, mesh=None):
   """Run one stage on the ``active`` points; returns ``(x_adv, zero_grad_count)``."""
-  common = dict(eps=cfg.eps, norm=norm, active=active, batch_size=cfg.batch_size,
-                buckets=cfg.buckets, progress=progress)
+  common = dict(eps=cfg.eps, norm=norm, active=active, batch_size=cfg.chunk_size,
+                buckets=cfg.buckets, progress=progress, mesh=mesh)
   if name in ("apgd-ce", "apgd-dlr"):
     restarts = cfg.apgd_restarts if name == "apgd-ce" else cfg.apgd_dlr_restarts
     x_adv, _, zero = apgd_rounds(fn, x, y, key, loss=name[5:], n_iter=cfg.n_iter,
@@ -267,18 +289,21 @@ def _run_stage(name: str, fn, x, y, active, key, cfg: AutoAttackConfig, norm: st
     return x_adv, 0
   if name == "square":
     x_adv, _ = square_batches(fn, x, y, key, n_queries=cfg.square_queries,
-                              p_init=cfg.square_p_init, **common)
+                              p_init=cfg.square_p_init,
+                              **dict(common, batch_size=cfg.batch_size))
     return x_adv, 0
   raise ValueError(f"Unknown attack {name!r}; valid: {ATTACKS}.")
 
 
+@with_precision
 def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
                version: str = "standard", seed: int | None = 0,
                batch_size: int | None = None,
                attacks: Sequence[str] | None = None,
                progress: bool | Callable[[ProgressEvent], None] | None = None,
-               randomized: bool = False, checks: bool = True, buckets: int = DEFAULT_BUCKETS,
-               config_overrides: dict | None = None) -> AutoAttackResult:
+               randomized: bool = False, checks: bool = True, buckets: int | None = None,
+               config_overrides: dict | None = None, chunk_size: int | None = None,
+               devices=None) -> AutoAttackResult:
   """Run AutoAttack on ``(x, y)`` and return an :class:`AutoAttackResult`.
 
   ``logits_fn``: images (float32 NHWC in [0,1]) -> logits; pass
@@ -286,9 +311,14 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
   of the compiled executables. ``eps`` is traced (no recompilation across
   epsilons). ``seed=None`` draws a time-based seed like the reference.
   ``batch_size`` (default 250, AutoAttack's) fixes every kernel's shape
-  and Square's batches; a chunk smaller than ``batch_size`` is padded to one
-  of ``buckets`` sizes (``apgd.bucket_size``; ``buckets=1``: one shape, one
-  compilation per kernel). ``progress=True`` shows tqdm bars per stage (ETA);
+  and Square's batches; ``chunk_size`` (default ``batch_size x devices``)
+  the APGD/FAB/clean-pass chunks; a chunk smaller than that is padded to one
+  of ``buckets`` sizes (``apgd.bucket_size``; ``None``: 8 on CPU, 2 on
+  accelerators; ``buckets=1``: one shape, one compilation per kernel).
+  ``devices`` (``None``: 1 on CPU, every local device elsewhere; an int;
+  ``'all'``; or a list of devices) splits each chunk's rows over a mesh
+  (``apgd.attack_mesh``). ``precision`` (keyword, default ``'highest'``):
+  see ``attacks/_precision.py``. ``progress=True`` shows tqdm bars per stage (ETA);
   a callable receives :class:`ProgressEvent` s. ``config_overrides`` may
   change iteration/query counts (e.g. ``{'square_queries': 1000}``) for
   cheaper diagnostics; such runs are not AutoAttack.
@@ -304,9 +334,18 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
   y = np.asarray(y).astype(np.int32)
   n = x.shape[0]
   bs = min(batch_size or DEFAULT_BATCH, n)
+  if chunk_size is not None and int(chunk_size) < 1:
+    raise ValueError(f"chunk_size must be >= 1 (or None), got {chunk_size}.")
+  if devices is None:
+    devices = 1 if jax.default_backend() == "cpu" else "all"
+  mesh = attack_mesh(devices)
+  n_dev = mesh_size(mesh)
+  cs = min(int(chunk_size or bs * n_dev), n)
   cfg = version_config(version, norm=norm, eps=eps, attacks=attacks, seed=seed,
                        batch_size=bs)
-  cfg = dataclasses.replace(cfg, buckets=int(buckets))
+  cfg = dataclasses.replace(cfg, buckets=resolve_buckets(buckets), chunk_size=cs,
+                            devices=n_dev,
+                            precision=_precision.current() or "highest")
   if config_overrides:
     cfg = dataclasses.replace(cfg, **config_overrides)
   fn = as_logits_fn(logits_fn)
@@ -319,7 +358,7 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
       logger.warning(msg)
 
   # Sanity checks on the first batch.
-  first = jnp.asarray(_pad_rows(x[:bs], bs))
+  first = put_rows(_pad_rows(x[:bs], -(-bs // n_dev) * n_dev), mesh)
   if randomized:
     z_first = np.asarray(call_logits(fn, first, derive_key(key, 999), True))[:min(bs, n)]
   else:
@@ -333,8 +372,8 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
                          cfg.fab_targets))
 
   # Clean pass.
-  y_adv = predict(fn, x, batch_size=bs, randomized=randomized,
-                  key=derive_key(key, 1000), buckets=cfg.buckets)
+  y_adv = predict(fn, x, batch_size=cfg.chunk_size, randomized=randomized,
+                  key=derive_key(key, 1000), buckets=cfg.buckets, mesh=mesh)
   robust = y_adv == y
   clean_acc = float(robust.mean())
   acc = collections.OrderedDict(clean=clean_acc)
@@ -360,14 +399,14 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
         _sink(ProgressEvent(_name, _si, n_stages, int(done), int(total), _acc))
     skey = derive_key(key, si)
     xa_stage, zero = _run_stage(name, fn, x, y, robust, skey, cfg, norm_l,
-                                randomized, cb)
+                                randomized, cb, **({} if mesh is None else {"mesh": mesh}))
     if zero:
       warn(f"there are {zero} points with zero gradient at the start of {name}! "
            "This might lead to unreliable evaluation with gradient-based attacks.")
     # Fresh forward pass on the returned points (the reference's re-check).
     idx = np.flatnonzero(robust)
-    pred = predict(fn, xa_stage[idx], batch_size=bs, randomized=randomized,
-                   key=derive_key(key, 2000 + si), buckets=cfg.buckets)
+    pred = predict(fn, xa_stage[idx], batch_size=cfg.chunk_size, randomized=randomized,
+                   key=derive_key(key, 2000 + si), buckets=cfg.buckets, mesh=mesh)
     broken = pred != y[idx]
     x_adv[idx[broken]] = xa_stage[idx[broken]]
     y_adv[idx[broken]] = pred[broken]

@@ -44,8 +44,9 @@ import numpy as np
 
 from kdrobust.attacks.apgd import (DEFAULT_BATCH, DEFAULT_BUCKETS, TRACES,
                                    as_logits_fn, bcast, bulk_key, lp_norm, predict,
-                                   ranked_targets, resolve_loop, run_rounds)
+                                   ranked_targets, resolve_loop, run_rounds, sharded_kernel)
 from kdrobust.attacks.projected import as_key, canonical_norm
+from kdrobust.attacks._precision import with_precision
 
 Array = jax.Array
 
@@ -354,6 +355,7 @@ def fab_random_start(key: Array, x: Array, eps, norm: str) -> Array:
   return jnp.clip(x + r * t / bcast(lp_norm(t, norm), x) * 0.5, 0.0, 1.0)
 
 
+@with_precision
 def fab_single_run(logits_fn, x, y, *, eps, target_class: int | None = None,
                    x_start=None, n_iter: int = 100, norm: str = "linf",
                    alpha_max: float = 0.1, eta: float = 1.05,
@@ -384,15 +386,18 @@ def _fab_prepare(x, round_idx, key, eps, n_restarts, *, norm):
   return x_start, 2 + round_idx // n_restarts
 
 
+@with_precision
 def fab_rounds(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
                targeted: bool = True, n_iter: int = 100, n_restarts: int = 1,
                n_target_classes: int = 9, alpha_max: float = 0.1,
                eta: float = 1.05, beta: float = 0.9, active=None,
                batch_size: int | None = None, progress=None, loop: str = "auto",
-               buckets: int = DEFAULT_BUCKETS):
+               buckets: int | None = DEFAULT_BUCKETS, mesh=None):
   """Host driver shared by :func:`fab`, :func:`fab_targeted` and AutoAttack.
 
   Returns ``(x_adv, fooled)`` (numpy); ``x_adv`` is clean where not fooled.
+  ``batch_size`` is the chunk size; ``mesh`` splits chunks over devices
+  (``apgd.run_rounds``).
   """
   norm = canonical_norm(norm)
   fn = as_logits_fn(logits_fn)
@@ -410,16 +415,23 @@ def fab_rounds(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
   def kernel(xb, yb, valid, r, k):
     del valid
     x_start, tc = _fab_prepare(xb, r, k, eps_a, n_res, norm=norm)
+    if mesh is not None:  # the start is drawn globally; each device runs its rows
+      core = sharded_kernel(_fab_core, mesh, (False, True, True, True, False, False),
+                            n_iter=n_iter, norm=norm, targeted=targeted,
+                            alpha_max=alpha_max, eta=eta, beta=beta)
+      res = core(fn, xb, yb, x_start, tc, eps_a)
+      return res.adv, res.success, res.radius
     res = run(fn, xb, yb, x_start, tc, eps_a, n_iter=n_iter, norm=norm,
               targeted=targeted, alpha_max=alpha_max, eta=eta, beta=beta)
     return res.adv, res.success, res.radius
 
   x_adv, fooled, _ = run_rounds(kernel, x, y, active, n_rounds=n_rounds,
                                 key=as_key(key), batch_size=bs, buckets=buckets,
-                                progress=progress)
+                                progress=progress, mesh=mesh)
   return x_adv, fooled
 
 
+@with_precision
 def fab_targeted(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
                  n_iter: int = 100, n_target_classes: int = 9,
                  n_restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05,
@@ -439,6 +451,7 @@ def fab_targeted(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
   return x_adv
 
 
+@with_precision
 def fab(logits_fn, x, y, key=0, *, eps, norm: str = "linf", n_iter: int = 100,
         n_restarts: int = 5, alpha_max: float = 0.1, eta: float = 1.05,
         beta: float = 0.9, batch_size: int | None = None) -> np.ndarray:

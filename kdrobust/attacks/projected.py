@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 
 from kdrobust import losses
+from kdrobust.attacks._precision import with_precision
 
 Array = jax.Array
 Objective = Callable[[Array], Array]
@@ -153,8 +154,17 @@ def random_init(key: Array, x: Array, eps, *, norm: Norm = "linf",
 
 def maximize(objective: Objective, x: Array, x_init: Array, *, eps, step_size,
              steps: int, norm: Norm = "linf", bounds=(0.0, 1.0),
-             unroll: int | bool = 1, stateful=None) -> Array:
+             unroll: int | bool = 1, stateful=None, signal=None):
   """Projected steepest ascent of ``sum_i objective(x')_i``; returns the last iterate.
+
+  ``signal`` (static, default ``None``): opt-in per-step signals. With
+  ``signal`` given, ``objective`` returns ``(values[B], aux)`` and the call
+  returns ``(x_adv, signals)`` with ``signals[k] = signal(aux at x_k)`` for
+  ``k = 0 .. steps-1``, taken from the same forward as step ``k``'s gradient
+  (no extra forward; the last iterate ``x_steps`` is not evaluated), e.g.
+  Fair-ARD's per-example correctness ``argmax f(x_k) == y``. Without it the
+  code path is the plain loop below, unchanged (``tests/methods_state_test.py``
+  checks its jaxpr against a reference).
 
   ``objective`` must be per-example (the forward of one example must not
   depend on the others, e.g. batch norm in inference mode) for the gradient
@@ -165,6 +175,10 @@ def maximize(objective: Objective, x: Array, x_init: Array, *, eps, step_size,
   threads batch-norm statistics through the steps: step ``k`` runs its
   forwards on the statistics left by step ``k - 1``.
   """
+  if signal is not None:
+    return _maximize_signals(objective, x, x_init, eps=eps, step_size=step_size,
+                             steps=steps, norm=norm, bounds=bounds, unroll=unroll,
+                             stateful=stateful, signal=signal)
   if stateful is not None and getattr(stateful, "threads_state", False):
     return _maximize_stateful(objective, x, x_init, eps=eps, step_size=step_size,
                               steps=steps, norm=norm, bounds=bounds, unroll=unroll,
@@ -202,19 +216,47 @@ def _maximize_stateful(objective, x, x_init, *, eps, step_size, steps, norm,
   return jax.lax.stop_gradient(x_adv)
 
 
+def _maximize_signals(objective, x, x_init, *, eps, step_size, steps, norm,
+                      bounds, unroll, stateful, signal):
+  """:func:`maximize` with per-step signals (and batch statistics if ``stateful`` threads them)."""
+  threads = stateful is not None and getattr(stateful, "threads_state", False)
+
+  def value(u, bs):
+    if threads:
+      stateful.batch_stats = bs
+    v, aux = objective(u)
+    return jnp.sum(v), (signal(aux), stateful.batch_stats if threads else bs)
+
+  grad_fn = jax.grad(value, has_aux=True)
+
+  def body(carry, _):  # a scan stacks the per-step signals
+    xa, bs = carry
+    g, (sig, bs) = grad_fn(xa, bs)
+    xa = project(xa + step_size * ascent_direction(g, norm), x, eps, norm, bounds)
+    return (xa, bs), sig
+
+  bs0 = stateful.batch_stats if threads else None
+  (x_adv, bs), sigs = jax.lax.scan(body, (x_init, bs0), None, length=steps, unroll=unroll)
+  if threads:
+    stateful.batch_stats = bs
+  return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(sigs)
+
+
 def pgd_inner(objective: Objective, x: Array, key: Array, *, eps, step_size,
               steps: int, norm: Norm = "linf", init: Init = "uniform",
               bounds=(0.0, 1.0), unroll: int | bool = 1, stateful=None,
-              x_init: Array | None = None) -> Array:
+              x_init: Array | None = None, signal=None):
   """``maximize`` from a random start: the inner attack of adversarial training.
 
   ``x_init`` replaces the random start (tests inject the official code's
-  start to compare steps); ``stateful``: see :func:`maximize`.
+  start to compare steps); ``stateful`` and ``signal``: see :func:`maximize`
+  (with ``signal`` the result is ``(x_adv, signals[steps, ...])``).
   """
   x0 = (random_init(key, x, eps, norm=norm, init=init, bounds=bounds)
         if x_init is None else x_init)
   return maximize(objective, x, x0, eps=eps, step_size=step_size, steps=steps,
-                  norm=norm, bounds=bounds, unroll=unroll, stateful=stateful)
+                  norm=norm, bounds=bounds, unroll=unroll, stateful=stateful,
+                  signal=signal)
 
 
 def attack_loss(name: str, *, kappa: float | None = None):
@@ -228,6 +270,7 @@ def attack_loss(name: str, *, kappa: float | None = None):
   raise ValueError(f"Unknown attack loss {name!r}; valid: {PGD_LOSSES}.")
 
 
+@with_precision
 def fgsm(logits_fn: LogitsFn, x: Array, y: Array, key=None, *, eps,
          init: Init = "none", norm: Norm = "linf", bounds=(0.0, 1.0)) -> Array:
   """Fast gradient sign method: one step of size ``eps`` on the CE loss.
@@ -245,6 +288,7 @@ def fgsm(logits_fn: LogitsFn, x: Array, y: Array, key=None, *, eps,
                   bounds=bounds)
 
 
+@with_precision
 def pgd(logits_fn: LogitsFn, x: Array, y: Array, key=0, *, eps, step_size,
         steps: int, norm: str = "linf", loss: str = "ce", init: Init = "uniform",
         restarts: int = 1, kappa: float | None = None, bounds=(0.0, 1.0),
@@ -337,6 +381,7 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key=0, *, eps, step_size,
   return jax.lax.stop_gradient(x_adv)
 
 
+@with_precision
 def cw_linf(logits_fn: LogitsFn, x: Array, y: Array, key=0, *, eps,
             step_size=2 / 255, steps: int = 30, kappa: float | None = 50.0,
             init: Init = "uniform", restarts: int = 1, unroll: int | bool = 1,

@@ -49,8 +49,9 @@ import numpy as np
 
 from kdrobust.attacks.apgd import (DEFAULT_BATCH, DEFAULT_BUCKETS, TRACES, _pad_rows,
                                    as_logits_fn, bcast, bulk_key, chunks, derive_key,
-                                   predict)
+                                   mesh_size, predict, put_rows, resolve_buckets)
 from kdrobust.attacks.projected import as_key, canonical_norm
+from kdrobust.attacks._precision import with_precision
 
 Array = jax.Array
 
@@ -359,6 +360,7 @@ _STATIC = ("n_queries", "p_init", "norm")
 _square_core_jit = jax.jit(_square_core, static_argnames=_STATIC)
 
 
+@with_precision
 def square_single_run(logits_fn, x, y, source=0, *, eps, norm: str = "linf",
                       n_queries: int = 5000, p_init: float = 0.8,
                       valid=None) -> SquareRun:
@@ -388,16 +390,22 @@ def _square_chunk(fn, x, y, valid, key, eps, *, n_queries, p_init, norm):
   return run.x_best, fooled
 
 
+@with_precision
 def square_batches(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
                    n_queries: int = 5000, p_init: float = 0.8,
                    n_restarts: int = 1, active=None,
-                   batch_size: int | None = None, progress=None, buckets: int = DEFAULT_BUCKETS):
+                   batch_size: int | None = None, progress=None,
+                   buckets: int | None = DEFAULT_BUCKETS, mesh=None):
   """Host driver shared by :func:`square` and AutoAttack.
 
   The ``active`` points, in index order, are cut into chunks of
   ``batch_size`` (as AutoAttack's batches, which Square's shared draws depend
   on); within a chunk each restart runs on the images not yet fooled (a
   mask, no re-batching). Returns ``(x_adv, fooled)`` as numpy arrays.
+  ``mesh`` (``apgd.attack_mesh``) splits each batch's rows over its devices;
+  the padded batch is then a multiple of the device count, so with a
+  ``batch_size`` that is not, the shared draws (and outcomes) differ from a
+  one-device run's.
   """
   norm = canonical_norm(norm)
   fn = as_logits_fn(logits_fn)
@@ -414,15 +422,16 @@ def square_batches(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
   eps_a = jnp.asarray(eps, jnp.dtype(x.dtype))
   key = as_key(key)
   done = 0
-  for ci, (sel, size) in enumerate(chunks(idx, bs, buckets)):
+  for ci, (sel, size) in enumerate(chunks(idx, bs, resolve_buckets(buckets),
+                                          mesh_size(mesh))):
     nv = sel.size
-    xb = jnp.asarray(_pad_rows(x[sel], size))
-    yb = jnp.asarray(_pad_rows(y[sel], size))
+    xb = put_rows(_pad_rows(x[sel], size), mesh)
+    yb = put_rows(_pad_rows(y[sel], size), mesh)
     todo = np.arange(size) < nv
     for r in range(n_restarts):
       if not todo.any():
         break
-      adv, fb = _square_chunk(fn, xb, yb, jnp.asarray(todo),
+      adv, fb = _square_chunk(fn, xb, yb, put_rows(todo, mesh),
                               derive_key(key, ci, r),
                               eps_a, n_queries=n_queries, p_init=p_init, norm=norm)
       fb = np.asarray(fb) & todo
@@ -436,6 +445,7 @@ def square_batches(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
   return x_adv, fooled
 
 
+@with_precision
 def square(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
            n_queries: int = 5000, p_init: float = 0.8, n_restarts: int = 1,
            batch_size: int | None = None) -> np.ndarray:

@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import shutil
 import sys
+import tarfile
+import zipfile
 
+from kdrobust import cli
 from kdrobust.data import catalog
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m kdrobust.data.prepare",
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("name", help=f"one of: {', '.join(catalog.SPECS)}")
@@ -88,18 +93,51 @@ def prepare(name: str, *, source: str | None, data_dir: str | None,
     if s.source_hint and not source:
       raise SystemExit(f"{name} needs --source:\n  {catalog.prepare_command(name, d)}"
                        f"\nor, with TensorFlow and network, --download.")
+    _check_source(name, source)
     from kdrobust.data import builders  # pylint: disable=g-import-not-at-top
-    builders.prepare(name, source, d)
+    # A failed build (a corrupt or truncated archive) leaves nothing behind.
+    created = [p for p in (d, os.path.join(d, name)) if not os.path.exists(p)]
+    try:
+      builders.prepare(name, source, d)
+    except BaseException:
+      for path in reversed(created):
+        shutil.rmtree(path, ignore_errors=True)
+      raise
   return catalog.info(name, d)
 
 
+def _check_source(name: str, source: str | None) -> None:
+  """``--source`` exists and, if a file, is an archive of the right kind (header check)."""
+  if source is None:
+    return
+  if not os.path.exists(source):
+    raise cli.UserError(f"--source {source} does not exist",
+                        f"Pass the archive or folder: {catalog.spec(name).source_hint or ''}")
+  if os.path.isdir(source):
+    return
+  zip_kind = name.startswith("tiny_imagenet")
+  ok = zipfile.is_zipfile(source) if zip_kind else tarfile.is_tarfile(source)
+  if not ok:
+    raise cli.UserError(
+        f"--source {source} is not a {'zip' if zip_kind else 'tar'} archive (corrupt, "
+        "truncated or another file)", "Download it again, or pass its extracted folder")
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+  if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise cli.UserError(f"--data_dir {data_dir} is a file", "Pass a directory")
+
+
 def main(argv: list[str] | None = None) -> int:
-  """CLI entry point; ``argv`` excludes the program name."""
+  """CLI entry point; ``argv`` excludes the program name. Bad input: one line, exit 2
+  (:mod:`kdrobust.cli`)."""
+  return cli.run(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
   args = _parser().parse_args(argv)
-  try:
-    catalog.spec(args.name)
-  except ValueError as e:
-    raise SystemExit(str(e)) from None
+  catalog.spec(args.name)  # unknown name: ValueError listing the valid ones
+  _check_data_dir(args.data_dir)
   i = prepare(args.name, source=args.source, data_dir=args.data_dir,
               download=args.download)
   print(f"Prepared {i.name} in {catalog.find_prepared(i.name, args.data_dir)}: "

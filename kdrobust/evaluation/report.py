@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from typing import Any
 
 COLUMNS = ("clean", "fgsm", "pgd20", "pgd20_best", "cw", "cw_best", "cw30", "aa", "transfer")
@@ -107,11 +105,8 @@ def write_json(path: str, record: dict[str, Any], *, overwrite: bool = False) ->
   """Write ``record`` to ``path`` atomically; refuse an existing file unless ``overwrite``."""
   check_writable(path, overwrite=overwrite)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(record, f, indent=2, default=_json_default)
-    f.write("\n")
-  os.replace(tmp, path)
+  from kdrobust import fileio  # pylint: disable=g-import-not-at-top
+  fileio.write_json(path, record, default=_json_default)  # temp file, fsync, os.replace
   return path
 
 

@@ -5,10 +5,13 @@ PGD-20, CW-inf), AutoAttack and an optional transfer attack at one or more
 epsilons and returns a plain results dict (see ``docs/evaluation.md``). The
 per-batch work is one ``jax.jit`` per attack with the batch shape fixed
 (the last batch is padded and masked) and ``eps`` traced, so neither a new
-batch nor a new epsilon recompiles. Every forward runs under
-``jax.default_matmul_precision('highest')``; Flax models are wrapped by
+batch nor a new epsilon recompiles. Every kernel and attack runs under
+``jax.default_matmul_precision(precision)`` with ``precision`` a named,
+recorded choice (``evaluate_arrays(precision=...)``, default and reportable
+``'highest'``; ``kdrobust.attacks.PRECISIONS``); Flax models are wrapped by
 :func:`flax_logits_fn`, which applies them in inference mode
-(``train=False``: batch norm uses its running statistics).
+(``train=False``: batch norm uses its running statistics) at its own
+``precision`` (default ``'highest'``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 from kdrobust import losses
 from kdrobust.attacks import projected
+from kdrobust.attacks._precision import check_precision
 from kdrobust.evaluation import presets as presets_lib
 
 Array = jax.Array
@@ -38,22 +42,27 @@ class InferenceLogits:
   """``(variables, x) -> float32 logits`` of a Flax module in inference mode.
 
   Batch norm uses its running statistics (``train=False``), dropout is off,
-  and matmuls/convolutions run at 'highest' precision (no TF32/bf16 passes).
-  Equality is that of the (hashable, frozen-dataclass) module, identity for
-  an unhashable one, so a ``Partial`` of it keys one jit cache entry per
-  architecture while the variables stay traced arguments: evaluating two
-  checkpoints of one architecture compiles once.
+  and matmuls/convolutions run at ``precision`` ('highest' by default: no
+  TF32/bf16 passes; ``None`` inherits the surrounding context, e.g. the
+  attack's ``precision=``). Equality is that of the (hashable,
+  frozen-dataclass) module and the precision, identity for an unhashable
+  module, so a ``Partial`` of it keys one jit cache entry per architecture
+  while the variables stay traced arguments: evaluating two checkpoints of
+  one architecture compiles once.
   """
 
-  def __init__(self, module):
+  def __init__(self, module, precision: str | None = "highest"):
     self.module = module
+    self.precision = None if precision is None else check_precision(precision)
 
   def __call__(self, variables, x):
-    with jax.default_matmul_precision("highest"):
+    if self.precision is None:
+      return jnp.asarray(self.module.apply(variables, x, train=False), jnp.float32)
+    with jax.default_matmul_precision(self.precision):
       return jnp.asarray(self.module.apply(variables, x, train=False), jnp.float32)
 
   def __eq__(self, other):
-    if not isinstance(other, InferenceLogits):
+    if not isinstance(other, InferenceLogits) or other.precision != self.precision:
       return False
     if other.module is self.module:
       return True
@@ -64,14 +73,14 @@ class InferenceLogits:
 
   def __hash__(self):
     try:
-      return hash(self.module)
+      return hash((self.module, self.precision))
     except TypeError:
-      return hash(id(self.module))
+      return hash((id(self.module), self.precision))
 
 
-def flax_logits_fn(module, variables) -> Partial:
-  """``x -> logits`` for a Flax module and its variables (inference mode, highest precision)."""
-  return Partial(InferenceLogits(module), variables)
+def flax_logits_fn(module, variables, precision: str | None = "highest") -> Partial:
+  """``x -> logits`` for a Flax module and its variables (inference mode, ``precision``)."""
+  return Partial(InferenceLogits(module, precision), variables)
 
 
 def as_partial(logits_fn: Callable[[Array], Array]) -> Partial:
@@ -84,46 +93,48 @@ def as_partial(logits_fn: Callable[[Array], Array]) -> Partial:
 # ----------------------------------------------------------------------------
 # Jitted per-batch kernels (one compilation per function, batch shape, preset).
 # ----------------------------------------------------------------------------
-@jax.jit
-def _clean_correct(fn, x, y):
+@functools.partial(jax.jit, static_argnames=("precision",))
+def _clean_correct(fn, x, y, precision="highest"):
   """Per-example correctness on the unattacked inputs."""
-  with jax.default_matmul_precision("highest"):
+  with jax.default_matmul_precision(precision):
     return jnp.argmax(fn(x), axis=-1) == y
 
 
-def _run_preset(fn, x, y, eps, key, preset: presets_lib.Preset, norm: str):
+def _run_preset(fn, x, y, eps, key, preset: presets_lib.Preset, norm: str,
+                precision: str = "highest"):
   """The adversarial batch of a projected preset (eps traced)."""
   if preset.name == "fgsm":
-    return projected.fgsm(fn, x, y, key, eps=eps, init=preset.init, norm=norm)
+    return projected.fgsm(fn, x, y, key, eps=eps, init=preset.init, norm=norm,
+                          precision=precision)
   return projected.pgd(fn, x, y, key, eps=eps, step_size=preset.step_fraction * eps,
                        steps=preset.steps, norm=norm, loss=preset.loss,
                        init=preset.init, restarts=preset.restarts, kappa=preset.kappa,
-                       select=preset.select)
+                       select=preset.select, precision=precision)
 
 
-@functools.partial(jax.jit, static_argnames=("preset", "norm"))
-def _preset_correct(fn, x, y, eps, key, *, preset, norm):
+@functools.partial(jax.jit, static_argnames=("preset", "norm", "precision"))
+def _preset_correct(fn, x, y, eps, key, *, preset, norm, precision="highest"):
   """Per-example correctness after the preset's attack."""
-  with jax.default_matmul_precision("highest"):
-    x_adv = _run_preset(fn, x, y, eps, key, preset, norm)
+  with jax.default_matmul_precision(precision):
+    x_adv = _run_preset(fn, x, y, eps, key, preset, norm, precision)
     return jnp.argmax(fn(x_adv), axis=-1) == y
 
 
-@functools.partial(jax.jit, static_argnames=("preset", "norm"))
-def _preset_adv(fn, x, y, eps, key, *, preset, norm):
+@functools.partial(jax.jit, static_argnames=("preset", "norm", "precision"))
+def _preset_adv(fn, x, y, eps, key, *, preset, norm, precision="highest"):
   """The preset's adversarial batch (used to craft transfer examples)."""
-  with jax.default_matmul_precision("highest"):
-    return _run_preset(fn, x, y, eps, key, preset, norm)
+  with jax.default_matmul_precision(precision):
+    return _run_preset(fn, x, y, eps, key, preset, norm, precision)
 
 
-@functools.partial(jax.jit, static_argnames=("norm",))
-def _sanity_batch(fn, x, y, eps, key, *, norm):
+@functools.partial(jax.jit, static_argnames=("norm", "precision"))
+def _sanity_batch(fn, x, y, eps, key, *, norm, precision="highest"):
   """Per example: clean-correct, CE unchanged under random noise, zero input gradient.
 
   The noise is ``U[-eps, eps]`` per pixel (L-inf) or a uniform-radius L2
   draw, clipped to [0, 1].
   """
-  with jax.default_matmul_precision("highest"):
+  with jax.default_matmul_precision(precision):
     def ce(u):
       logits = fn(u)
       return losses.xent(logits, y), logits
@@ -186,13 +197,17 @@ def _map_batches(kernel, x, y, batch_size: int) -> np.ndarray | tuple[np.ndarray
 # ----------------------------------------------------------------------------
 # Individual evaluations.
 # ----------------------------------------------------------------------------
-def clean_correct(fn: Partial, x, y, batch_size: int) -> np.ndarray:
+def clean_correct(fn: Partial, x, y, batch_size: int, precision: str = "highest"
+                  ) -> np.ndarray:
   """Per-example clean correctness (bool[N])."""
-  return _map_batches(lambda i, xb, yb: _clean_correct(fn, xb, yb), x, y, batch_size)
+  check_precision(precision)
+  return _map_batches(lambda i, xb, yb: _clean_correct(fn, xb, yb, precision=precision),
+                      x, y, batch_size)
 
 
 def preset_correct(fn: Partial, x, y, *, eps: float, preset: presets_lib.Preset,
-                   norm: str, seed: int, batch_size: int) -> np.ndarray:
+                   norm: str, seed: int, batch_size: int, precision: str = "highest"
+                   ) -> np.ndarray:
   """Per-example correctness under a projected preset (bool[N]).
 
   Batch ``i`` uses ``fold_in(fold_in(PRNGKey(seed), hash of preset), i)``, the
@@ -202,23 +217,25 @@ def preset_correct(fn: Partial, x, y, *, eps: float, preset: presets_lib.Preset,
   e = jnp.float32(eps)
   return _map_batches(
       lambda i, xb, yb: _preset_correct(fn, xb, yb, e, jax.random.fold_in(base, i),
-                                        preset=preset, norm=norm), x, y, batch_size)
+                                        preset=preset, norm=norm, precision=precision),
+      x, y, batch_size)
 
 
 def preset_adversarial(fn: Partial, x, y, *, eps: float, preset: presets_lib.Preset,
                        norm: str, seed: int, batch_size: int,
-                       salt: str = "transfer") -> np.ndarray:
+                       salt: str = "transfer", precision: str = "highest") -> np.ndarray:
   """The preset's adversarial examples for all of ``x`` (numpy, padded batches)."""
   base = jax.random.fold_in(jax.random.PRNGKey(seed), _stable_id(salt))
   e = jnp.float32(eps)
   return _map_batches(
       lambda i, xb, yb: _preset_adv(fn, xb, yb, e, jax.random.fold_in(base, i),
-                                    preset=preset, norm=norm), x, y, batch_size)
+                                    preset=preset, norm=norm, precision=precision),
+      x, y, batch_size)
 
 
 def transfer_correct(source_fn: Partial, target_fn: Partial, x, y, *, eps: float,
-                     preset: presets_lib.Preset, norm: str, seed: int, batch_size: int
-                     ) -> tuple[np.ndarray, float]:
+                     preset: presets_lib.Preset, norm: str, seed: int, batch_size: int,
+                     precision: str = "highest") -> tuple[np.ndarray, float]:
   """Target correctness on the preset's examples crafted on the source, and the
   source's own (white-box) accuracy on them.
 
@@ -231,15 +248,16 @@ def transfer_correct(source_fn: Partial, target_fn: Partial, x, y, *, eps: float
   def craft(src, xs, ys, key):
     del key  # the seed is folded in by preset_adversarial
     return preset_adversarial(src, xs, ys, eps=eps, preset=preset, norm=norm, seed=seed,
-                              batch_size=batch_size)
+                              batch_size=batch_size, precision=precision)
 
-  res = transfer.transfer_attack(source_fn, {"target": target_fn}, x, y, attack=craft,
-                                 only_correct=False, batch_size=batch_size)
+  with jax.default_matmul_precision(precision):
+    res = transfer.transfer_attack(source_fn, {"target": target_fn}, x, y, attack=craft,
+                                   only_correct=False, batch_size=batch_size)
   return np.asarray(res.target_correct["target"], bool), float(res.source_accuracy)
 
 
 def sanity_checks(fn: Partial, x, y, *, eps: float, norm: str, seed: int,
-                  batch_size: int) -> dict[str, Any]:
+                  batch_size: int, precision: str = "highest") -> dict[str, Any]:
   """The noise and zero-gradient checks on the clean-correct points.
 
   ``loss_unchanged``: points whose CE loss changes by less than 1e-6 under
@@ -249,7 +267,8 @@ def sanity_checks(fn: Partial, x, y, *, eps: float, norm: str, seed: int,
   base = jax.random.fold_in(jax.random.PRNGKey(seed), _stable_id("noise"))
   e = jnp.float32(eps)
   correct, unchanged, zero = _map_batches(
-      lambda i, xb, yb: _sanity_batch(fn, xb, yb, e, jax.random.fold_in(base, i), norm=norm),
+      lambda i, xb, yb: _sanity_batch(fn, xb, yb, e, jax.random.fold_in(base, i), norm=norm,
+                                      precision=precision),
       x, y, batch_size)
   n_ok = int(correct.sum())
   n_same = int((unchanged & correct).sum())
@@ -319,7 +338,8 @@ def local_linearity(fn: Partial, x, y, *, eps: float, seed: int, batch_size: int
 # ----------------------------------------------------------------------------
 def run_autoattack(fn: Partial, x, y, *, eps: float, norm: str, version: str, seed: int,
                    batch_size: int, progress: bool = True, desc: str = "AA",
-                   reeval_batch_size: int | None = None) -> dict[str, Any]:
+                   reeval_batch_size: int | None = None, precision: str = "highest",
+                   chunk_size: int | None = None) -> dict[str, Any]:
   """AutoAttack (:func:`kdrobust.attacks.autoattack.autoattack`), with tqdm bars.
 
   Returns ``{'robust': bool[N], 'version', 'batch_size', 'clean_acc',
@@ -329,23 +349,27 @@ def run_autoattack(fn: Partial, x, y, *, eps: float, norm: str, version: str, se
   batch, attacks.md P12), capped at N as the reference does. The
   re-evaluation forwards the returned ``x_adv`` again, in batches of
   ``reeval_batch_size`` (default ``batch_size``), and compares with
-  AutoAttack's flags (attacks.md P2).
+  AutoAttack's flags (attacks.md P2). ``precision``: AutoAttack's
+  ``precision=`` (recorded as ``'precision'``); ``chunk_size``: its APGD/FAB
+  chunk size (``None``: its default, :func:`kdrobust.attacks.autoattack.autoattack`).
   """
   # The package re-exports the function under the module's name: import the module.
   aa_lib = importlib.import_module("kdrobust.attacks.autoattack")
   callback, close = _stage_bars(desc) if progress else (None, lambda: None)
   try:
-    with jax.default_matmul_precision("highest"):
-      res = aa_lib.autoattack(fn, np.asarray(x), np.asarray(y), eps=eps,
-                              norm=presets_lib.NORMS[norm], version=version, seed=seed,
-                              batch_size=batch_size, progress=callback)
+    res = aa_lib.autoattack(fn, np.asarray(x), np.asarray(y), eps=eps,
+                            norm=presets_lib.NORMS[norm], version=version, seed=seed,
+                            batch_size=batch_size, progress=callback, precision=precision,
+                            chunk_size=chunk_size)
   finally:
     close()
   robust = np.asarray(res.robust, bool)
   reeval = clean_correct(fn, np.asarray(res.x_adv, np.float32), np.asarray(y),
-                         reeval_batch_size or batch_size)
-  return {"version": version, "robust": robust,
+                         reeval_batch_size or batch_size, precision)
+  return {"version": version, "robust": robust, "precision": precision,
           "batch_size": int(min(batch_size, np.asarray(y).shape[0])),
+          "chunk_size": int(res.config.chunk_size), "buckets": int(res.config.buckets),
+          "devices": int(res.config.devices),
           "clean_acc": float(res.clean_accuracy), "robust_acc": float(res.robust_accuracy),
           "stages": [{"attack": str(k), "robust_acc": float(v)}
                      for k, v in res.stage_accuracy.items()],
@@ -390,7 +414,8 @@ def evaluate_arrays(logits_fn, x, y, *, eps, attacks=presets_lib.DEFAULT_ATTACKS
                     norm: str = "linf", aa_version: str = "standard", seed: int = 0,
                     batch_size: int = 256, aa_batch_size: int | None = None,
                     transfer_fn=None, progress: bool = True,
-                    log: Callable[[str], None] | None = print) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = print,
+                    precision: str = "highest") -> dict[str, Any]:
   """Clean accuracy and every requested attack at every epsilon.
 
   ``logits_fn``: any ``x -> logits`` JAX function (wrap Flax modules with
@@ -401,12 +426,17 @@ def evaluate_arrays(logits_fn, x, y, *, eps, attacks=presets_lib.DEFAULT_ATTACKS
   ``batch_size`` is that of the projected attacks and the checks;
   AutoAttack has its own, ``aa_batch_size`` (default
   :data:`~kdrobust.evaluation.presets.AA_BATCH_SIZE`, 250, the reference's;
-  capped at N).
+  capped at N). ``precision`` (``kdrobust.attacks.PRECISIONS``) is the matmul
+  precision of every kernel and attack, recorded in the result; reportable
+  numbers use ``'highest'`` (the default). Build ``logits_fn`` with
+  ``flax_logits_fn(..., precision=None)`` or the same precision, since a
+  Flax wrapper's own precision applies inside it.
   Returns ``{'norm', 'num_examples', 'clean_acc', 'attacks', 'per_eps':
   [...]}``; each ``per_eps`` entry holds ``eps``, ``eps_str``,
   ``accuracy`` (per attack), ``worst_case``, ``sanity``, ``time_s`` and,
   with ``aa``, ``autoattack``.
   """
+  check_precision(precision)
   fn = as_partial(logits_fn)
   src = None if transfer_fn is None else as_partial(transfer_fn)
   norm = presets_lib.canonical_norm(norm)
@@ -422,7 +452,7 @@ def evaluate_arrays(logits_fn, x, y, *, eps, attacks=presets_lib.DEFAULT_ATTACKS
   say = log or (lambda s: None)
 
   t0 = time.time()
-  clean = clean_correct(fn, x, y, bs)
+  clean = clean_correct(fn, x, y, bs, precision)
   clean_time = time.time() - t0
   say(f"clean: {clean.mean():.4f} ({x.shape[0]} examples, {clean_time:.1f}s)")
   per_eps = []
@@ -430,16 +460,17 @@ def evaluate_arrays(logits_fn, x, y, *, eps, attacks=presets_lib.DEFAULT_ATTACKS
     per_eps.append(_evaluate_eps(fn, src, x, y, clean, value=value, label=label,
                                  attacks=attacks, norm=norm, aa_version=aa_version,
                                  seed=seed, batch_size=bs, aa_batch_size=aa_bs,
-                                 progress=progress, say=say))
+                                 progress=progress, say=say, precision=precision))
   return {"norm": presets_lib.NORMS[norm], "num_examples": int(x.shape[0]),
           "clean_acc": float(clean.mean()), "attacks": list(attacks),
           "aa_version": aa_version if "aa" in attacks else None,
           "batch_size": bs, "aa_batch_size": aa_bs if "aa" in attacks else None,
-          "seed": seed, "per_eps": per_eps}
+          "seed": seed, "precision": precision, "per_eps": per_eps}
 
 
 def _evaluate_eps(fn, src, x, y, clean, *, value, label, attacks, norm, aa_version,
-                  seed, batch_size, aa_batch_size, progress, say) -> dict[str, Any]:
+                  seed, batch_size, aa_batch_size, progress, say,
+                  precision="highest") -> dict[str, Any]:
   """One epsilon: every attack, the worst case over them and the sanity checks."""
   acc = {"clean": float(clean.mean())}
   flags = {"clean": clean}
@@ -452,12 +483,14 @@ def _evaluate_eps(fn, src, x, y, clean, *, value, label, attacks, norm, aa_versi
     if name == "aa":
       aa = run_autoattack(fn, x, y, eps=value, norm=norm, version=aa_version, seed=seed,
                           batch_size=aa_batch_size, reeval_batch_size=batch_size,
-                          progress=progress, desc=f"AA {aa_version} eps {label}")
+                          progress=progress, desc=f"AA {aa_version} eps {label}",
+                          precision=precision)
       flags[name] = aa.pop("robust")
       entry["autoattack"] = aa
     else:
       flags[name] = preset_correct(fn, x, y, eps=value, preset=presets_lib.PRESETS[name],
-                                   norm=norm, seed=seed, batch_size=batch_size)
+                                   norm=norm, seed=seed, batch_size=batch_size,
+                                   precision=precision)
     times[name] = time.time() - t0
     acc[name] = float(flags[name].mean())
     say(f"eps {label}: {name} {acc[name]:.4f} ({times[name]:.1f}s)")
@@ -465,7 +498,8 @@ def _evaluate_eps(fn, src, x, y, clean, *, value, label, attacks, norm, aa_versi
     t0 = time.time()
     on_adv, source_acc = transfer_correct(src, fn, x, y, eps=value,
                                           preset=presets_lib.PRESETS["pgd20"], norm=norm,
-                                          seed=seed, batch_size=batch_size)
+                                          seed=seed, batch_size=batch_size,
+                                          precision=precision)
     flags["transfer"] = on_adv & clean  # robust-accuracy semantics: denominator N
     times["transfer"] = time.time() - t0
     acc["transfer"] = float(flags["transfer"].mean())
@@ -476,6 +510,6 @@ def _evaluate_eps(fn, src, x, y, clean, *, value, label, attacks, norm, aa_versi
   worst = np.logical_and.reduce([flags[k] for k in flags])
   entry.update(accuracy=acc, worst_case=float(worst.mean()),
                sanity=sanity_checks(fn, x, y, eps=value, norm=norm, seed=seed,
-                                    batch_size=batch_size),
+                                    batch_size=batch_size, precision=precision),
                time_s={k: round(v, 3) for k, v in times.items()})
   return entry

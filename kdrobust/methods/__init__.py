@@ -23,6 +23,8 @@ _MODULES = (
     "natural", "pgd_at", "trades",
     # Distillation methods (issue 4): each registers itself when present.
     "kd", "ard", "iad", "rslad", "mtard", "kdiga", "adaad", "darht",
+    "saad", "b_mtard", "cgard",  # issue 12, methods_next.md sections 1, 4, 6
+    "absld", "fair_ard",  # issue 12, methods_next.md sections 2, 3
 )
 
 

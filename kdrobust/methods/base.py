@@ -16,6 +16,19 @@ runs every method the same way:
    train-mode forward updates the running statistics once, as in PyTorch;
 4. gradients, optimizer update, new batch-norm statistics and method state.
 
+Method state across epochs (ABSLD's class temperatures, Fair-ARD's class
+weights): ``method.init_state(C)`` is carried in ``TrainState.method_state``
+(checkpointed). A method accumulates per-epoch statistics in it from ``loss``
+(e.g. :func:`per_class_sum`) and overrides :meth:`Method.epoch_update`, which
+the step applies at the start of the first step of every epoch after the first
+(:func:`epoch_boundary`, a pure function of ``state.step`` and
+``steps_per_epoch``, so a resumed run, mid-epoch or at a boundary, updates at
+exactly the same steps). ``ctx.state`` is the method state after that update
+(``perturb`` may read it, e.g. ABSLD's tempered attack target). ``perturb``
+may return a :class:`Perturbed` (the adversarial input plus what the attack
+measured, e.g. per-step signals of :func:`kdrobust.attacks.pgd_inner`); the
+step hands it to ``loss`` unchanged (stop-gradient-ed).
+
 Teacher logits are differentiable with respect to the *input* (AdaAD's inner
 attack needs that); the outer losses wrap them in ``stop_gradient`` and the
 teacher variables are never passed to the optimizer.
@@ -73,16 +86,18 @@ class InnerAttack:
       raise ValueError(f"Unknown attack bn_mode {self.bn_mode!r}; valid: {BN_MODES}.")
 
   def __call__(self, objective: Callable[[Array], Array], x: Array,
-               key: Array, stateful=None) -> Array:
+               key: Array, stateful=None, signal=None):
     """Maximise the per-example ``objective`` around ``x``; returns the last iterate.
 
     ``stateful``: the :class:`InnerStudent` the objective calls, so that a
-    ``'train'``-mode attack threads its batch statistics.
+    ``'train'``-mode attack threads its batch statistics. ``signal``: opt-in
+    per-step signals (:func:`kdrobust.attacks.projected.maximize`); then the
+    result is ``(x_adv, signals)``.
     """
     return pgd_lib.pgd_inner(objective, x, key, eps=self.eps,
                              step_size=self.step_size, steps=self.steps,
                              norm=self.norm, init=self.init,
-                             unroll=self.unroll, stateful=stateful)
+                             unroll=self.unroll, stateful=stateful, signal=signal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +117,7 @@ class Ctx:
   num_classes: int
   student_inner: LogitsFn  # InnerStudent: the student as the inner attack sees it (attack.bn_mode)
   teachers: tuple[LogitsFn, ...] = ()
+  state: Any = None  # the method state of this step (after any epoch_update)
 
   def teacher(self, i: int = 0) -> LogitsFn:
     return self.teachers[i]
@@ -196,6 +212,12 @@ class TrainForward:
     return logits
 
 
+class Perturbed(NamedTuple):
+  """What ``perturb`` may return instead of a bare array: ``x`` and the attack's ``aux``."""
+  x: Array
+  aux: Any = None
+
+
 class LossOut(NamedTuple):
   """A method's outer loss: the scalar to minimise and what to log.
 
@@ -226,14 +248,50 @@ class Method:
     del num_classes
     return {}
 
-  def perturb(self, ctx: Ctx) -> Array | None:
+  def perturb(self, ctx: Ctx) -> Array | Perturbed | None:
     """The inner maximisation: adversarial inputs, or ``None`` (clean training)."""
     del ctx
     return None
 
+  def epoch_update(self, state: dict[str, Array], epoch: Array) -> dict[str, Array]:
+    """Method state at the boundary after the 1-indexed ``epoch`` (traced int32).
+
+    Runs (inside the jitted step, :func:`epoch_boundary`) before anything else
+    of the first step of epoch ``epoch + 1``; a method that does not override
+    it costs nothing (the step does not call it).
+    """
+    del epoch
+    return state
+
   def loss(self, ctx: Ctx, student: TrainForward, x_adv: Array | None,
            state: dict[str, Array]) -> LossOut:
     raise NotImplementedError
+
+
+def has_epoch_update(method: Method) -> bool:
+  """Whether ``method`` overrides :meth:`Method.epoch_update`."""
+  return type(method).epoch_update is not Method.epoch_update
+
+
+def epoch_boundary(method: Method, state, step: Array, steps_per_epoch: int):
+  """``method.epoch_update(state, step // spe)`` if ``step`` starts an epoch after the first.
+
+  A pure function of the global ``step`` (0-indexed, the one about to run)
+  and ``steps_per_epoch``: the update that closes epoch ``e`` runs at the
+  start of step ``e * spe``, in a ``lax.cond`` (not evaluated otherwise).
+  """
+  step = jnp.asarray(step, jnp.int32)
+  at = (step > 0) & (step % steps_per_epoch == 0)
+  return jax.lax.cond(at, lambda s: method.epoch_update(s, step // steps_per_epoch),
+                      lambda s: s, state)
+
+
+def per_class_sum(values: Array, labels: Array, mask: Array | None, num_classes: int) -> Array:
+  """``out[c] = sum_{i: y_i = c, mask_i} values_i`` (a masked ``segment_sum``; float[C])."""
+  v = jnp.asarray(values, jnp.result_type(float))
+  if mask is not None:
+    v = v * mask.astype(v.dtype)
+  return jax.ops.segment_sum(v, labels, num_segments=num_classes)
 
 
 def sg(x):

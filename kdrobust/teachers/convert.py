@@ -42,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from kdrobust import cli
+
 FORMAT = "kdrobust-converted-teacher/1"
 VARIABLES_FILE = "variables.npz"
 META_FILE = "teacher.json"
@@ -126,8 +128,8 @@ def convert_file(input_path: str, output_dir: str, arch: str, num_classes: int |
   }
   if class_names:
     meta["class_names"] = [str(n) for n in class_names]
-  with open(os.path.join(output_dir, META_FILE), "w") as f:
-    json.dump(meta, f, indent=2)
+  from kdrobust import fileio  # pylint: disable=g-import-not-at-top
+  fileio.write_json(os.path.join(output_dir, META_FILE), meta)  # atomic
   return meta
 
 
@@ -168,7 +170,7 @@ def load_converted(path: str, *, dtype: str | None = None, verify: bool = True):
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m kdrobust.teachers.convert",
       description="Convert a PyTorch RobustBench-layout teacher to Flax variables "
       "(variables.npz + teacher.json).")
@@ -197,33 +199,81 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """CLI entry point; returns the process exit status."""
+  """CLI entry point; returns the process exit status (2: bad input, one line on stderr,
+  :mod:`kdrobust.cli`)."""
+  return cli.run(_main, argv)
+
+
+def _check_args(args) -> dict[str, Any]:
+  """Every flag and path before torch is imported; returns the parsed ``--model_kwargs``."""
+  from kdrobust import models  # pylint: disable=g-import-not-at-top
+  from kdrobust.models.layers import DATASET_STATS  # pylint: disable=g-import-not-at-top
+  if args.arch not in models.available():
+    raise cli.UserError(f"Unknown --arch {args.arch!r}{_arch_did_you_mean(args.arch)}",
+                        f"valid: {', '.join(models.available())}")
+  if not os.path.isfile(args.input):
+    raise cli.UserError(f"--input {args.input} "
+                        + ("is a directory" if os.path.isdir(args.input) else "does not exist"),
+                        "Pass the PyTorch .pt/.pth file")
+  if os.path.exists(args.output) and not os.path.isdir(args.output):
+    raise cli.UserError(f"--output {args.output} is a file", "Pass a directory")
+  if args.num_classes is not None and args.num_classes < 1:
+    raise cli.UserError(f"--num_classes must be >= 1, got {args.num_classes}",
+                        "or leave it out (read from the classifier weight)")
+  if args.dataset is not None and args.dataset not in DATASET_STATS:
+    raise cli.UserError(f"Unknown --dataset {args.dataset!r} for mean/std",
+                        f"valid: {', '.join(sorted(DATASET_STATS))}, or pass --mean/--std")
+  for name in ("mean", "std"):
+    v = getattr(args, name)
+    if v is not None and len(v) not in (1, 3):
+      raise cli.UserError(f"--{name} takes 1 or 3 values (per channel), got {len(v)}")
+  if args.std is not None and any(not x > 0 for x in args.std):
+    raise cli.UserError(f"--std must be > 0, got {args.std}")
+  if args.class_names and not os.path.isfile(args.class_names):
+    raise cli.UserError(f"--class_names {args.class_names} does not exist",
+                        "Pass a text file with one class name a line")
+  if not args.model_kwargs:
+    return {}
+  try:
+    kw = json.loads(args.model_kwargs)
+  except ValueError as e:
+    raise cli.UserError(f"--model_kwargs is not valid JSON ({e})",
+                        "Pass a JSON object, e.g. --model_kwargs '{\"depth\": 10}'") from None
+  if not isinstance(kw, dict):
+    raise cli.UserError(f"--model_kwargs must be a JSON object, got {type(kw).__name__}",
+                        "e.g. --model_kwargs '{\"depth\": 10}'")
+  return kw
+
+
+def _arch_did_you_mean(name: str) -> str:
+  """"; did you mean 'x'?" for the closest registered model name, or ""."""
+  from kdrobust import config_lib  # pylint: disable=g-import-not-at-top
+  from kdrobust import models  # pylint: disable=g-import-not-at-top
+  return config_lib.did_you_mean(name, models.available(), prefix="; did you mean ")
+
+
+def _main(argv: Sequence[str]) -> int:
   args = _parse(argv)
-  kw: dict[str, Any] = (_model_kw_from_json(json.loads(args.model_kwargs))
-                        if args.model_kwargs else {})
+  kw: dict[str, Any] = _model_kw_from_json(_check_args(args))
   for name in ("variant", "activation", "depth", "width"):
     if getattr(args, name) is not None:
       kw[name] = getattr(args, name)
   if args.dataset is not None:
     if args.mean is not None or args.std is not None:
-      raise SystemExit("Give either --dataset or --mean/--std, not both.")
+      raise cli.UserError("Give either --dataset or --mean/--std, not both.")
     from kdrobust.models.layers import DATASET_STATS  # pylint: disable=g-import-not-at-top
     kw["mean"], kw["std"] = DATASET_STATS[args.dataset]
   elif (args.mean is None) != (args.std is None):
-    raise SystemExit("--mean and --std go together.")
+    raise cli.UserError("--mean and --std go together.")
   elif args.mean is not None:
     kw["mean"], kw["std"] = tuple(args.mean), tuple(args.std)
-  from kdrobust.teachers import torch_io  # pylint: disable=g-import-not-at-top
-  try:
-    names = None
-    if args.class_names:
-      with open(args.class_names) as f:
-        names = [line.strip() for line in f if line.strip()]
-    meta = convert_file(args.input, args.output, args.arch, args.num_classes,
-                        allow_pickle=args.allow_pickle, class_names=names, **kw)
-  except torch_io.ConversionError as e:
-    print(f"Conversion failed: {e}", file=sys.stderr)
-    return 2
+  names = None
+  if args.class_names:
+    with open(args.class_names) as f:
+      names = [line.strip() for line in f if line.strip()]
+  # A failed conversion (torch_io.ConversionError, a ValueError) is one line, exit 2.
+  meta = convert_file(args.input, args.output, args.arch, args.num_classes,
+                      allow_pickle=args.allow_pickle, class_names=names, **kw)
   print(f"Wrote {os.path.join(args.output, VARIABLES_FILE)} ({meta['num_params']:,} params, "
         f"{meta['num_classes']} classes, layout {meta['layout']}, normalisation from "
         f"{meta['normalization_source']}"

@@ -88,6 +88,7 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections as mlc
 import numpy as np
 
+from kdrobust import cli
 from kdrobust import config_lib
 from kdrobust import data as data_lib
 from kdrobust import evaluate
@@ -537,7 +538,7 @@ def format_ranking(rows: Sequence[Mapping[str, Any]]) -> str:
 # ----------------------------------------------------------------------------
 def make_parser() -> argparse.ArgumentParser:
   """The CLI flags (see the module docstring)."""
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m kdrobust.teachers.select",
       description="DARHT teacher selection: measure the APGD transferability matrix of "
       "candidate teachers and rank the size-k subsets by mutual transferability.")
@@ -567,21 +568,26 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Run the CLI; returns the exit status (0 ok, 1 bad input or no subset could be ranked)."""
+  """Run the CLI; returns the exit status (0 ok; 2 bad input: one line ``error: ...``,
+  :mod:`kdrobust.cli`; 1 no subset could be ranked after the measurement)."""
+  return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
   args = make_parser().parse_args(argv)
   include = tuple(s.strip() for v in args.include for s in v.split(",") if s.strip())
-  try:
-    p = plan(args.teachers, dataset=args.dataset, data_dir=args.data_dir, k=args.k,
-             include=include, objective=args.objective, num_examples=args.num_examples,
-             pool=args.pool, eps=args.eps, step_size=args.step_size, n_iter=args.n_iter,
-             seed=args.seed, out=args.out, overwrite=args.overwrite)
-    record = select(p, batch_size=args.batch_size, overwrite=args.overwrite,
-                    log=lambda s: print(s, flush=True),
-                    command=["python -m kdrobust.teachers.select"]
-                    + list(argv if argv is not None else sys.argv[1:]))
-  except (ValueError, FileExistsError, data_lib.DatasetNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 1
+  for what, v in (("--batch_size", args.batch_size), ("--top", args.top)):
+    if v is not None and v < 1:
+      raise SelectionError(f"{what} must be a positive integer, got {v}.")
+  if args.eps > 1:  # plan() checks finite and > 0
+    raise SelectionError(f"--eps must be in (0, 1] (pixels are in [0, 1]), got {args.eps}.")
+  p = plan(args.teachers, dataset=args.dataset, data_dir=args.data_dir, k=args.k,
+           include=include, objective=args.objective, num_examples=args.num_examples,
+           pool=args.pool, eps=args.eps, step_size=args.step_size, n_iter=args.n_iter,
+           seed=args.seed, out=args.out, overwrite=args.overwrite)
+  record = select(p, batch_size=args.batch_size, overwrite=args.overwrite,
+                  log=lambda s: print(s, flush=True),
+                  command=["python -m kdrobust.teachers.select"] + list(argv))
   print("\nTransferability matrix: accuracy (%) of each target (column) on APGD-CE examples "
         "crafted on each source (row); high = low transferability.")
   print(format_matrix(matrix_of(record)))

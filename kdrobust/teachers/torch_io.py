@@ -202,10 +202,20 @@ def load_torch_state_dict(path: str, *, allow_pickle: bool = False) -> dict[str,
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
+    text = str(e)
+    # Only a readable pickle of extra Python objects earns the --allow_pickle hint; a
+    # corrupt or truncated file (zip reader errors, unknown pickle opcodes) does not.
+    pickles_objects = "global" in text.lower() and "Unsupported operand" not in text
+    if not pickles_objects:
+      detail = (text.rsplit("error:", 1)[-1] if "error:" in text else text).strip()
+      detail = detail.splitlines()[0].split(". ")[0][:120] if detail else ""
+      raise ConversionError(
+          f"{path} is not a readable PyTorch checkpoint: corrupt, truncated or not written by "
+          f"torch.save ({type(e).__name__}: {detail}). Download or copy it again.") from e
     if not allow_pickle:
       raise ConversionError(
           f"torch.load({path!r}, weights_only=True) failed ({type(e).__name__}: "
-          f"{str(e).splitlines()[0] if str(e) else ''}). If the file is trusted and pickles "
+          f"{text.splitlines()[0] if text else ''}). If the file is trusted and pickles "
           "extra Python objects, pass allow_pickle=True (--allow_pickle).") from e
     obj = torch.load(path, map_location="cpu", weights_only=False)
   return {k: to_numpy(v) for k, v in unwrap_state_dict(obj).items()}
