@@ -52,20 +52,11 @@ if _HERE not in sys.path:
 import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 PROTOCOLS = {"kdrobust": "separate", "official": "product"}
-SOURCE = "[C:ABSLD@7407c3a:resnet18_absld_cifar10.py:20-21,54,66-72,94-125,173-193]"
 
 
 def recipe(protocol: str) -> dict:
-  """The ABSLD training recipe (the fields of ``paper_settings.recipe`` records)."""
-  return {"epochs": 300, "decay_epochs": (215, 260, 285), "weight_decay": 2e-4,
-          "igdm_weight_decay": 2e-4, "lr_table": None,
-          "batch_size": dict.fromkeys(ps.NUM_CLASSES, 128),
-          "attack": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10, "init": "gaussian",
-                     "bn_mode": "eval"},
-          "source": SOURCE, "student": "resnet18", "teacher": {"cifar10": "trades"},
-          "method": "absld", "protocol": protocol,
-          "notes": ("temperature_mode=" + PROTOCOLS[protocol]
-                    + ("" if protocol == "kdrobust" else " (the released step, A1)"))}
+  """The ABSLD training recipe: ``paper_settings.recipe('absld', protocol)``."""
+  return ps.recipe("absld", protocol)
 
 
 def get_config(arg=None):

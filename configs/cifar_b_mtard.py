@@ -29,11 +29,10 @@ MTARD (b = 1, step 0.025) before the backward pass; both steps x0.1 after
 code: step 0.003, best checkpoint by (clean + PGD) / 2).
 
 Targets (methods_next.md section 9, a third-party compilation quoting
-B-MTARD Tab. 3, UNCONFIRMED; Clean / PGD_SAT / PGD_TRADES / CW / AA):
+B-MTARD Tab. 3, UNCONFIRMED; robust teachers WRN-34-10 (``trades``) and
+WRN-70-16 (``gowal70``); Clean / FGSM / PGD-20 / C&W / AA, the PGD-20 column
+holding its PGD_SAT and the source its PGD_TRADES; paper_settings.TARGETS):
 
-    dataset   student   robust teacher  method   Clean / PGD_SAT / PGD_TRADES / CW / AA
-    cifar10   resnet18  WRN-34-10       b_mtard  88.20 / 51.68 / 54.40 / 49.88 / 47.44
-    cifar100  resnet18  WRN-70-16       b_mtard  65.08 / 28.50 / 29.94 / 25.45 / 23.98
 """
 
 from __future__ import annotations
@@ -47,6 +46,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
   sys.path.insert(0, _HERE)
 import cifar_mtard  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+__doc__ += ps.targets_table(("b_mtard",)) + "\n"
 
 SOURCE = ("[C:MTARD-ext@93506d6:resnet18_mtard_cifar10.py:45,83-94,114-169,234-238] "
           "(does not run as released: transcribed as intended), "

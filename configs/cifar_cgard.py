@@ -27,16 +27,12 @@ exceeds its clean CE. Outer: 0.3 KL(p_T(x_T'') || p_S(x_S')) + 0.7
 KL(p_T(x_S') || p_S(x_S')) (batchmean: UNCONFIRMED). Evaluation while
 training: PGD-20 at 8/255 every 5 epochs.
 
-Targets [P:CGARD Tab.1] (ST WRN-34-10 teacher; Clean / PGD-20 / CW-20 / AA):
-
-    dataset   student       method  Clean / PGD-20 / CW / AA
-    cifar10   resnet18      cgard   82.96 / 56.47 / 53.69 / 52.46
-    cifar100  resnet18      cgard   56.93 / 33.28 / 29.83 / 28.49
-    cifar10   mobilenet_v2  cgard   82.19 / 54.96 / 52.12 / 50.86
-    cifar100  mobilenet_v2  cgard   56.79 / 32.95 / 29.00 / 27.66
-
 All the paper's baselines are the authors' own reproductions with the ST
 teacher (methods_next.md section 9 lists them).
+
+Targets [P:CGARD Tab.1] (teacher ``st`` = the ST WRN-34-10; Clean / FGSM /
+PGD-20 / C&W / AA, ``-`` = not reported; paper_settings.TARGETS):
+
 """
 
 from __future__ import annotations
@@ -51,21 +47,15 @@ if _HERE not in sys.path:
   sys.path.insert(0, _HERE)
 import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-RECIPES = {
-    "paper": ps._r(300, (215, 260, 285), 2e-4, 128, ps._attack("gaussian"),  # pylint: disable=protected-access
-                   "[P:CGARD section 3.1, eqs. 7-13] (no code released)",
-                   teacher="ltd",
-                   notes="no code: the preprint's equations; student BN mode in the search, "
-                   "KL reductions and lr-decay indexing UNCONFIRMED; teacher: CHOICE LTD "
-                   "WRN-34-10 for the paper's unreleased ST WRN-34-10"),
-}
+__doc__ += ps.targets_table(("cgard",)) + "\n"
+
+# The recipe: paper_settings.RECIPES[('cgard', 'paper')].
 
 
 def get_config(arg=None):
-  a = ps.parse_arg(arg, {"protocol": tuple(RECIPES)}, protocol="paper", dataset="cifar10",
+  a = ps.parse_arg(arg, {"protocol": ps.protocols("cgard")}, protocol="paper", dataset="cifar10",
                    student="resnet18", teacher="", teacher_path="")
-  r = dict(RECIPES[a.protocol], method="cgard", protocol=a.protocol)
-  r["attack"] = dict(r["attack"])
+  r = ps.recipe("cgard", a.protocol)
   a.teacher = a.teacher or r["teacher"][a.dataset]
   t = ps.adversarial_teacher(a.dataset, a.teacher)
   method = config_lib.method_config("cgard", attack=r["attack"], alpha=0.7,

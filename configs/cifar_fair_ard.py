@@ -67,18 +67,8 @@ import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,w
 
 METHODS = ("fair_ard", "fair_iad", "fair_rslad", "fair_mtard")
 PROTOCOLS = ("kdrobust", "official")
-_REPO = "[C:Fair-ARD@910c8cd:"
-_E1 = ("the code's lr_schedule [100, 150] decays a local copy of args.lr (methods.md E1): "
-       "lr 0.1 for epochs 0-99, 0.01 for 100-199")
-_TRAIN = {"init": "uniform_unclipped", "bn_mode": "train"}
-_EVAL = {"init": "gaussian", "bn_mode": "eval"}
-# method: (epochs, decay epochs, attack BN/init, source, notes)
-RECIPES = {
-    "fair_ard": (200, (100,), _TRAIN, _REPO + "Fair-ARD.py:14-34,52-78,116-167]", _E1),
-    "fair_iad": (200, (100,), _TRAIN, _REPO + "Fair-IAD.py:22-31,76-94,144-236]", _E1),
-    "fair_rslad": (300, (215, 260, 285), _EVAL, _REPO + "Fair-RSLAD.py:40-151]", ""),
-    "fair_mtard": (300, (215, 260, 285), _EVAL, _REPO + "Fair-MTARD.py:42-188]", ""),
-}
+# The recipes: paper_settings.RECIPES[(method, protocol)] (the same for both protocols).
+
 # Loss hyperparameters per (method, protocol): the scripts' values.
 HPARAMS = {
     "fair_ard": {"temperature": 30.0, "alpha": 1.0, "reduction": "elemmean"},
@@ -95,14 +85,8 @@ OFFICIAL = {"fair_ard": {"kappa_mean": "balanced"}, "fair_iad": {"kappa_mean": "
 
 
 def recipe(method: str, protocol: str) -> dict:
-  """The recipe record (the fields of ``paper_settings.recipe`` records)."""
-  epochs, decay, attack, source, notes = RECIPES[method]
-  return {"epochs": epochs, "decay_epochs": decay, "weight_decay": 2e-4,
-          "igdm_weight_decay": 2e-4, "lr_table": None,
-          "batch_size": dict.fromkeys(ps.NUM_CLASSES, 128),
-          "attack": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10, **attack},
-          "source": source, "student": "resnet18", "teacher": {"cifar10": "trades"},
-          "method": method, "protocol": protocol, "notes": notes}
+  """The recipe record: ``paper_settings.recipe(method, protocol)``."""
+  return ps.recipe(method, protocol)
 
 
 def get_config(arg=None):

@@ -34,26 +34,28 @@ train-mode student forwards S(x'), S(x-d), S(x).
 * ``protocol=paper``: the same with weight decay **5e-4**, the paper's value
   as read by a third party (methods_next.md A5, UNCONFIRMED).
 
-TODO(config.weight_averaging): the paper's model is an SWA average of the
-student (equal weights, updated at the end of every epoch from epoch 95,
-batch-norm statistics recalibrated on the clean training set after every
-update; methods_next.md sections 1.4, 7). kdrobust has no weight averaging
-yet: these configs train and report the plain student, which the paper does
-not report. Evaluation while training: PGD-20 at 8/255 every 5 epochs
-(the code: every epoch, PGD-20 step 2/255).
-
-Targets (methods_next.md section 9; AutoAttack of the last-epoch SWA
-student, 3 seeds, CIFAR-10, ResNet-18, secondary reading [S:7i10],
-UNCONFIRMED):
-
-    dataset  student   teacher     method  AA
-    cifar10  resnet18  bartoldson  saad    50.34 +- 0.08
-    cifar10  resnet18  gowal21     saad    50.35 +- 0.22
+Weight averaging (``config.weight_averaging``, kdrobust.weight_averaging): the
+paper's model is an SWA average of the student, as the code's
+``AveragedModel`` (equal weights, parameters only, updated at the end of every
+epoch from epoch 95, 1-indexed: 106 snapshots), with batch-norm statistics
+recalibrated by ``update_bn`` on one pass over the augmented clean training
+loader ('pytorch': equal weight per batch) [C:saad@295121c:saad.py:41-42,90-97,133].
+kdrobust recalibrates only when the statistics are used (evaluations,
+checkpoints, the end): the final model is the same. The monitor, the best
+checkpoint and results.json are the SWA model's from epoch 95 on (the raw
+student too, as ``raw``); the paper reports the last-epoch SWA model
+(``--checkpoint latest``). Evaluation while training: PGD-20 at 8/255 every 5
+epochs (the code: every epoch, PGD-20 step 2/255).
 
 SAAD's baselines in the same secondary reading (RSLAD 44.42 / 40.57, AdaAD
 44.55 / 43.27, IGDM 44.94 / 44.76 AA with the Bartoldson / Gowal teachers)
 come from scripts that attack at radius 2/255 and use no SWA (A4): not
 comparable targets.
+
+Targets (methods_next.md section 9; AutoAttack of the last-epoch SWA
+student, mean +- sample std over 3 seeds, secondary reading [S:7i10],
+UNCONFIRMED; Clean / FGSM / PGD-20 / C&W / AA; paper_settings.TARGETS):
+
 """
 
 from __future__ import annotations
@@ -62,72 +64,45 @@ import os
 import sys
 
 from kdrobust import config_lib
+from kdrobust import weight_averaging as wa_lib
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
   sys.path.insert(0, _HERE)
 import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-_DM10 = {"variant": "dm", "activation": "swish", **ps._C10}  # pylint: disable=protected-access
-# SAAD's RobustBench teachers that paper_settings.TEACHERS does not hold
-# [C:RobustBench@78fcc9e:model_zoo/cifar10.py] (DMWideResNet, Swish / SiLU).
-SAAD_TEACHERS = {
-    "cifar10": {
-        "gowal21": ps._t("Gowal2021Improving_28_10_ddpm_100m", "cifar10", "wrn28_10",  # pylint: disable=protected-access
-                         dict(_DM10), "Gowal2021 WRN-28-10 (100M DDPM images; SAAD main.sh)",
-                         (87.50, 63.44)),
-        "bartoldson": ps._t("Bartoldson2024Adversarial_WRN-94-16", "cifar10", "wrn",  # pylint: disable=protected-access
-                            dict(_DM10, depth=94, width=16),
-                            "Bartoldson2024 WRN-94-16 (SAAD's alternative teacher)",
-                            (93.68, 73.71)),
-    },
-    "cifar100": {},
-}
+__doc__ += ps.targets_table(("saad",)) + "\n"
+
+# SAAD's teachers (gowal21, bartoldson) and recipes live in paper_settings (TEACHERS,
+# RECIPES[('saad', protocol)]).
 IG_ALPHA = {"cifar10": 1.0, "cifar100": 10.0}  # [C:saad@295121c:saad.py:72]
-_SRC = "[C:saad@295121c:saad.py:39,46,53-86,128-130; attacks.py:139-193; main.sh:1-16]"
-_SWA = ("TODO(config.weight_averaging): the paper's SWA (from epoch 95, every epoch, BN "
-        "recalibration) is not applied; the plain student is trained and evaluated")
-_attack = ps._attack("gaussian")  # pylint: disable=protected-access
-RECIPES = {
-    "official": ps._r(200, (100, 150), 2e-4, 128, _attack, _SRC,  # pylint: disable=protected-access
-                      teacher={"cifar10": "gowal21", "cifar100": "bdm"},
-                      notes="weight decay 2e-4 hard-coded in saad.py:39 (paper: 5e-4, A5); "
-                      "CIFAR-100 teacher: CHOICE (bdm), the paper's is UNCONFIRMED; " + _SWA),
-    "paper": ps._r(200, (100, 150), 5e-4, 128, _attack, _SRC + ", [S:7i10] (weight decay)",  # pylint: disable=protected-access
-                   teacher={"cifar10": "gowal21", "cifar100": "bdm"},
-                   notes="weight decay 5e-4 as the paper is read by a third party "
-                   "(UNCONFIRMED, A5); " + _SWA),
-}
+SWA_START = 95  # --swa_epoch, 1-indexed [C:saad@295121c:args.py:17; saad.py:90]
 
 
 def teacher_record(dataset: str, key: str):
-  """SAAD's own teachers, then any adversarial teacher of paper_settings (ValueError lists both)."""
-  own = SAAD_TEACHERS[dataset]
-  if key in own:
-    rec = dict(own[key])
-    rec["kwargs"] = dict(rec["kwargs"])
-    return rec
-  valid = list(own) + [k for k, v in ps.TEACHERS[dataset].items() if v["role"] == "adversarial"]
-  ps.choice(f"adversarial teacher for {dataset}", key, valid)
+  """Any adversarial teacher of paper_settings.TEACHERS (SAAD's gowal21 and bartoldson included)."""
   return ps.adversarial_teacher(dataset, key)
 
 
 def get_config(arg=None):
-  a = ps.parse_arg(arg, {"protocol": tuple(RECIPES)}, protocol="official", dataset="cifar10",
-                   student="resnet18", teacher="", teacher_path="", ig_alpha=0.0)
-  r = dict(RECIPES[a.protocol], method="saad", protocol=a.protocol)
-  r["attack"] = dict(r["attack"])
+  a = ps.parse_arg(arg, {"protocol": ps.protocols("saad")}, protocol="official",
+                   dataset="cifar10", student="resnet18", teacher="", teacher_path="",
+                   ig_alpha=0.0)
+  r = ps.recipe("saad", a.protocol)
   a.teacher = a.teacher or r["teacher"][a.dataset]
   t = teacher_record(a.dataset, a.teacher)
   method = config_lib.method_config(
       "saad", attack=r["attack"], lambda_inner=1.0, entropy_scale=5.0, renyi_order=1.0,
       clean_weight=0.0, ig_alpha=a.ig_alpha or IG_ALPHA[a.dataset],
       weight_normalization="none")
-  return ps.one_teacher_config(a, r, method, t)
+  c = ps.one_teacher_config(a, r, method, t)
+  # SWA from the end of epoch 95 (1-indexed), every epoch; torch update_bn [saad.py:90-97].
+  c.weight_averaging = wa_lib.swa_config(SWA_START, bn_recalibration="pytorch")
+  return c
 
 
 def arg_combinations():
   """Every setting this file documents (the tests build each one)."""
-  return ps.arg_strings(protocol=tuple(RECIPES), dataset=ps.DATASETS) + [
+  return ps.arg_strings(protocol=ps.protocols("saad"), dataset=ps.DATASETS) + [
       "teacher=bartoldson", "dataset=cifar100,student=mobilenet_v2,teacher=ltd",
       "ig_alpha=2"]

@@ -9,7 +9,7 @@
 Multi-teacher methods read a second teacher, ``teacher2=`` (default: the same
 run as ``teacher``). For MTARD's natural teacher train one first:
 
-    python -m kdrobust.main --config configs/quickstart.py --config.method.name=natural \
+    python -m kdrobust.main --config configs/quickstart.py:method=natural \
         --workdir runs/quickstart/natural
     python -m kdrobust.main --config configs/digits_distill.py:method=mtard,teacher2=runs/quickstart/natural \
         --workdir runs/digits/mtard
@@ -20,7 +20,8 @@ Args: ``protocol=short_run`` (the only one: the CPU-sized choices below, not a
 paper's recipe), ``method=`` every registered method that takes a teacher (``kd``,
 ``ard``, ``iad``, ``iad2``, ``rslad``, ``mtard``, ``kdiga``, ``kdiga_ard``,
 ``kdiga_rs``, ``adaad``, ``adaiad``, ``darht``; the list is read from the
-registry) and ``pgd_at`` /
+registry), ``peeraid`` (no teacher: a peer of the student's architecture and
+optimizer is trained with it) and ``pgd_at`` /
 ``trades`` with ``igdm`` > 0; ``igdm=<alpha>`` (0 = off; only for the bases
 IGDM supports), ``teacher=`` (default ``runs/quickstart/teacher``, the PGD-AT
 ``small_cnn`` of configs/quickstart.py, read at its best checkpoint),
@@ -71,12 +72,15 @@ if _HERE not in sys.path:
 import paper_settings as ps  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 IGDM_ONLY = ("pgd_at", "trades")  # teacher-free bases: a teacher only through IGDM
+# Distillation without a frozen teacher: the target is an extra network trained with
+# the student (PeerAiD's peer: the student's architecture and optimizer).
+PEER_METHODS = ("peeraid",)
 
 
 def distill_methods():
   """Registered methods that take a teacher, plus the IGDM-only bases."""
   names = [n for n in methods_lib.available() if methods_lib.get_class(n).teachers[0] >= 1]
-  return sorted(names) + list(IGDM_ONLY)
+  return sorted(names) + list(PEER_METHODS) + list(IGDM_ONLY)
 
 
 def method_and_teachers(method, igdm, eps, epochs, teacher, teacher2, unroll=1):
@@ -106,6 +110,8 @@ def method_and_teachers(method, igdm, eps, epochs, teacher, teacher2, unroll=1):
     model_kw = {"head_slots": 2}
   else:
     teachers = {"teacher": first}
+  if method in PEER_METHODS:  # no frozen teacher (teacher= / teacher2= unused)
+    teachers = {}
   return method_config, teachers, student, model_kw
 
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import ml_collections as mlc
 
 from kdrobust import methods as methods_lib
+from kdrobust import weight_averaging as wa_lib
 
 # Keys that may differ when the same workdir is resumed (cadence, length).
 RESUMABLE_KEYS = ("total_steps", "log_every_steps", "ckpt", "eval.every_epochs",
@@ -160,6 +161,12 @@ def base_config() -> mlc.ConfigDict:
       "every_epochs": 0, "num_examples": 512, "gradient_agreement": True,
       "local_linearity": False, "local_linearity_steps": 50})
   c.ckpt = mlc.ConfigDict({"every_epochs": 1, "keep": 2})
+  # Weight averaging of the student (kdrobust.weight_averaging): kind 'none' | 'swa' |
+  # 'ema'; start_epoch 1-indexed (or a fraction of num_epochs in (0, 1)); SWA every
+  # every_epochs epoch ends, 'equal' weighting; EMA decay every every_steps steps;
+  # bn_recalibration 'none' | 'pytorch' (SAAD) | 'sample_weighted' (PeerAiD). When on,
+  # the monitor, the best checkpoint and results.json are the average's ('raw' too).
+  c.weight_averaging = mlc.ConfigDict(wa_lib.default_config())
   # JAX's persistent compilation cache (kdrobust.evaluation.compilation_cache):
   # compiled steps and AutoAttack kernels reused across runs; '' or 'none': off.
   c.compilation_cache_dir = "~/.cache/kdrobust/jax"

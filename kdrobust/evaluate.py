@@ -116,8 +116,15 @@ def resolve_checkpoint(workdir: str, checkpoint: str | int = "best") -> tuple[in
     ck.close()
 
 
-def load_run(workdir: str, checkpoint: str | int = "best", *, dtype: str = "float32"):
+def load_run(workdir: str, checkpoint: str | int = "best", *, dtype: str = "float32",
+             weights: str = "auto"):
   """``(module, variables, config, step)`` of a kdrobust run directory.
+
+  ``weights`` (``config.weight_averaging``, :mod:`kdrobust.weight_averaging`):
+  ``'auto'`` (default) the averaged weights when the checkpoint holds an
+  average (the model the run evaluated and ranked), else the student's;
+  ``'averaged'`` or ``'raw'`` explicitly (:func:`load_run_weights` also says
+  which it used).
 
   ``module`` is the Flax model (normalisation inside, compute ``dtype``,
   float32 by default whatever the run trained in), ``variables``
@@ -126,8 +133,17 @@ def load_run(workdir: str, checkpoint: str | int = "best", *, dtype: str = "floa
   ``module.apply(variables, x, train=False)`` (inference mode), or get a
   ready logits function with :func:`kdrobust.evaluation.runner.flax_logits_fn`.
   """
+  return load_run_weights(workdir, checkpoint, dtype=dtype, weights=weights)[:4]
+
+
+def load_run_weights(workdir: str, checkpoint: str | int = "best", *, dtype: str = "float32",
+                     weights: str = "auto"):
+  """:func:`load_run` plus the weights used: ``(module, variables, config, step, used)``."""
   import ml_collections as mlc  # pylint: disable=g-import-not-at-top
   from kdrobust import train  # pylint: disable=g-import-not-at-top
+  from kdrobust import weight_averaging as wa_lib  # pylint: disable=g-import-not-at-top
+  if weights not in wa_lib.WEIGHTS:
+    raise EvaluationError(f"Unknown --weights {weights!r}; valid: {', '.join(wa_lib.WEIGHTS)}.")
   config, spec = _run_files(workdir)
   step, _ = resolve_checkpoint(workdir, checkpoint)
   ck = _checkpointer(workdir)
@@ -146,11 +162,12 @@ def load_run(workdir: str, checkpoint: str | int = "best", *, dtype: str = "floa
   model_cfg = mlc.ConfigDict(_tuples(spec["model"]))
   model_cfg.dtype = dtype
   module = train.build_model(model_cfg, int(spec["num_classes"]), spec["dataset"])
-  variables = {"params": raw["params"]}
-  if raw.get("batch_stats"):
-    variables["batch_stats"] = raw["batch_stats"]
+  try:
+    variables, used = wa_lib.select_variables(raw, weights)
+  except ValueError as e:
+    raise EvaluationError(f"{e} (checkpoint at step {step} of {workdir})") from None
   variables = jax.tree.map(jnp.asarray, variables)
-  return module, variables, config, step
+  return module, variables, config, step, used
 
 
 def _tuples(tree):
@@ -491,7 +508,7 @@ def plan(workdir: str, *, checkpoint="best", num_examples=None, eps=None,
          attacks=presets_lib.DEFAULT_ATTACKS, aa_version="standard", norm="Linf",
          name=None, overwrite=False, write=True, plot=False, teacher=None,
          local_linearity=False, transfer_from=None, aa_batch_size=None,
-         robustbench=False) -> Plan:
+         robustbench=False, weights="auto") -> Plan:
   """Check every input and the output paths; raises before any compute.
 
   ``aa_batch_size``: None takes the run's ``config.eval.aa_batch_size``, else
@@ -524,7 +541,8 @@ def plan(workdir: str, *, checkpoint="best", num_examples=None, eps=None,
   step, how = resolve_checkpoint(workdir, checkpoint)
   requested = str(checkpoint).lower()
   name = name or default_name(step, requested, eps_list, norm_c, num_examples=num_examples,
-                              attacks=attacks, aa_version=aa_version)
+                              attacks=attacks, aa_version=aa_version) + (
+                                  "_raw" if weights == "raw" else "")  # --weights raw
   json_path = os.path.join(workdir, "eval", f"{name}.json")
   png_path = os.path.join(workdir, "eval", f"{name}.png") if plot else None
   rb_path = os.path.join(workdir, "eval", f"{name}.robustbench.json") if robustbench else None
@@ -566,7 +584,7 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
                  command: Sequence[str] | None = None, aa_batch_size: int | None = None,
                  robustbench: bool | dict = False, unlearnable: str | None = None,
                  unlearnable_attack: str = "teacher",
-                 precision: str = "highest") -> dict[str, Any]:
+                 precision: str = "highest", weights: str = "auto") -> dict[str, Any]:
   """Evaluate a run; returns the record written to ``DIR/eval/<name>.json``.
 
   ``unlearnable`` (a file of ``python -m kdrobust.teacher_entropy identify``,
@@ -584,8 +602,10 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
   ``aa_batch_size`` to the run's ``config.eval.aa_batch_size``, else 250 (the
   reference's). ``robustbench`` (True, or RobustBench fields to set) also
   writes ``DIR/eval/<name>.robustbench.json``, RobustBench's model-info file.
-  ``write=False`` only returns the record. The fields are documented in
-  ``docs/evaluation.md``.
+  ``write=False`` only returns the record. ``weights``: ``'auto'`` (the
+  averaged weights when the checkpoint has them, :mod:`kdrobust.weight_averaging`),
+  ``'averaged'`` or ``'raw'``; the record's ``weights`` says which were used.
+  The fields are documented in ``docs/evaluation.md``.
   """
   t_start = time.time()
   if precision not in PRECISIONS:
@@ -597,13 +617,13 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
            attacks=attacks, aa_version=aa_version, norm=norm, name=name,
            overwrite=overwrite, write=write, plot=plot, teacher=teacher,
            local_linearity=local_linearity, transfer_from=transfer_from,
-           aa_batch_size=aa_batch_size, robustbench=robustbench)
+           aa_batch_size=aa_batch_size, robustbench=robustbench, weights=weights)
   if unlearnable:
     from kdrobust import teacher_entropy as te_lib  # pylint: disable=g-import-not-at-top
     te_file = te_lib.check_for_evaluate(p.config.data.name, unlearnable, teacher=teacher,
                                         attack=unlearnable_attack,
                                         data_dir=data_dir or p.config.data.data_dir or None)
-  module, variables, config, _ = load_run(workdir, p.step)
+  module, variables, config, _, used = load_run_weights(workdir, p.step, weights=weights)
   bs = int(batch_size or config.data.get("eval_batch_size", 256))
   x, y = load_test_data(config, num_examples, data_dir=data_dir, batch_size=bs)
   fn = runner.flax_logits_fn(module, variables, precision=precision)
@@ -644,6 +664,7 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
       say(te_lib.summary_line(diagnostics["teacher_entropy"]))
   record = build_record(results, headline=headline_eps(p.eps_list, p.configured_eps),
                         meta=_metadata(p, command, precision))
+  record["weights"] = used  # 'averaged' (config.weight_averaging) or 'raw'
   if transfer_meta:
     record["transfer_from"] = transfer_meta
   if diagnostics is not None:
@@ -691,6 +712,9 @@ def make_parser() -> argparse.ArgumentParser:
       "writes DIR/eval/<name>.json and flags gradient masking.")
   p.add_argument("--workdir", required=True, help="The run directory.")
   p.add_argument("--checkpoint", default="best", help="best (default), latest or a step.")
+  p.add_argument("--weights", default="auto", choices=("auto", "averaged", "raw"),
+                 help="auto (default): the averaged weights (config.weight_averaging) when "
+                 "the checkpoint has them, else the student's; averaged; raw.")
   p.add_argument("--num_examples", type=int, default=None,
                  help="Evaluate the first N test points (default: the whole test split).")
   p.add_argument("--eps", default=None,
@@ -763,7 +787,7 @@ def _main(argv: Sequence[str]) -> int:
       unlearnable_attack=args.unlearnable_attack,
       robustbench=(parse_robustbench_fields(args.robustbench_field) or True)
       if args.robustbench else False,
-      precision=args.precision,
+      precision=args.precision, weights=args.weights,
       progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr, flush=True),
       command=["python -m kdrobust.evaluate"] + list(argv))
   print(report.format_table(record), flush=True)

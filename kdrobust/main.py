@@ -62,6 +62,9 @@ def _main(argv: Sequence[str]) -> int:
   _parse_flags(argv)
   from kdrobust import parallel  # pylint: disable=g-import-not-at-top
   parallel.init_distributed(_DISTRIBUTED.value)
+  from kdrobust.evaluation import compilation_cache  # pylint: disable=g-import-not-at-top
+  compilation_cache.enable(_CONFIG.value.get("compilation_cache_dir",
+                                             compilation_cache.DEFAULT_DIR))
   from kdrobust import train  # pylint: disable=g-import-not-at-top
   logging.getLogger("absl").setLevel(logging.WARNING)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)

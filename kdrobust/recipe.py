@@ -480,12 +480,14 @@ def recipe_card(config) -> str:
   else:
     diag_s = "off"
   te = config.get("teacher_eval_examples", 0)
+  from kdrobust import weight_averaging as wa_lib  # pylint: disable=g-import-not-at-top
   rows = [
       ("evaluation", f"{when}, on {n_ex} test examples, eps {_pixels(eps)}"),
       ("eval attacks", "; ".join(attacks) or "none (clean only)"),
       ("teacher check", (f"step 0: clean + eval attacks on {te} test examples per teacher"
                          if te and config.teachers else "off")),
       ("diagnostics", diag_s),
+      ("weight averaging", wa_lib.describe(config.get("weight_averaging"), config.num_epochs)),
       ("checkpoints", f"every {_plural(config.ckpt.every_epochs, 'epoch')} and at the last "
                       f"step; keep the latest {config.ckpt.keep} + the best"),
       ("best checkpoint", "highest robust accuracy (minimum over the eval attacks, at the "

@@ -36,6 +36,7 @@ from kdrobust import models as models_lib
 from kdrobust import parallel
 from kdrobust import teachers as teachers_lib
 from kdrobust import train_step as step_lib
+from kdrobust import weight_averaging as wa_lib
 from kdrobust.models import init as init_lib
 from kdrobust.state import TrainState
 
@@ -138,22 +139,88 @@ def make_optimizer(optim, schedule) -> optax.GradientTransformation:
       optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov))
 
 
+def extra_network_configs(config, method) -> dict[str, tuple[Any, Any]]:
+  """``{name: (model config, optim config)}`` of ``method``'s extra trainable networks.
+
+  ``config.extra_networks.<name>`` (optional, plain data) holds ``model`` and
+  ``optim`` blocks shaped like ``config.model`` / ``config.optim``; a missing
+  block or field is the student's (PeerAiD's peer: the student's
+  architecture, the same SGD and schedule by default). Unknown names or
+  fields raise a one-line ``ValueError`` listing the valid ones (called by
+  :func:`validate`, before any compute).
+  """
+  names = step_lib.extra_network_names(method)
+  given = config.get("extra_networks") or {}
+  unknown = sorted(set(given) - set(names))
+  if unknown:
+    raise ValueError(f"config.extra_networks has {unknown}, which method {method.name!r} "
+                     f"does not train; valid: {list(names) or 'none'}.")
+  out = {}
+  for name in names:
+    entry = given.get(name) or {}
+    bad = sorted(set(entry) - {"model", "optim"})
+    if bad:
+      raise ValueError(f"config.extra_networks.{name} has unknown field(s) {bad}; "
+                       "valid: ['model', 'optim'].")
+    blocks = []
+    for key in ("model", "optim"):
+      base = config[key].to_dict()
+      over = dict(entry.get(key) or {})
+      extra_keys = sorted(set(over) - set(base))
+      if extra_keys:
+        raise ValueError(f"config.extra_networks.{name}.{key} has unknown field(s) "
+                         f"{extra_keys}; valid: {sorted(base)}.")
+      blocks.append(mlc.ConfigDict(dict(base, **over)))
+    if blocks[0].name not in models_lib.available():
+      raise ValueError(f"Unknown model {blocks[0].name!r} for config.extra_networks.{name}; "
+                       f"valid models: {', '.join(models_lib.available())}.")
+    out[name] = tuple(blocks)
+  return out
+
+
+def build_extra_networks(config, method, num_classes: int, dataset: str,
+                         steps_per_epoch: int) -> dict[str, tuple[Any, Any, Any, str]]:
+  """``{name: (module, tx, schedule, init)}`` of ``method``'s extra networks (empty for most).
+
+  Each has its own optimizer (:func:`make_optimizer`) and learning-rate
+  schedule (:func:`make_schedule`) from :func:`extra_network_configs`.
+  """
+  out = {}
+  for name, (model_cfg, optim_cfg) in extra_network_configs(config, method).items():
+    sched = make_schedule(optim_cfg, steps_per_epoch, config.num_epochs)
+    out[name] = (build_model(model_cfg, num_classes, dataset),
+                 make_optimizer(optim_cfg, sched), sched, model_cfg.get("init", "flax"))
+  return out
+
+
 def create_state(model, tx, method, num_classes: int, image_shape, seed: int,
-                 init: str = "flax") -> TrainState:
+                 init: str = "flax", extras=None, weight_averaging=None) -> TrainState:
   """A fresh train state (call under ``jax.jit`` to place it on devices).
 
   ``init`` is ``config.model.init``: ``'flax'`` keeps Flax's initialisers,
   ``'torch'`` re-draws the parameters as ``torch.nn`` does
   (:func:`kdrobust.models.init.torch_default_init`, methods.md E12) from a key
-  derived from ``seed``.
+  derived from ``seed``. ``extras`` (:func:`build_extra_networks`) adds the
+  method's extra networks to ``state.extra``; the ``i``-th (in
+  ``method.extra_networks`` order) is drawn from keys folded from ``seed``
+  and ``0xE0 + i``, independent of the student's.
   """
   x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   variables = model.init({"params": jax.random.PRNGKey(seed),
                           "dropout": jax.random.PRNGKey(seed + 1)}, x, train=False)
   params = init_lib.apply_init(init, variables["params"],
                                jax.random.fold_in(jax.random.PRNGKey(seed), 0x7E12))
-  return TrainState.create(params, variables.get("batch_stats", {}),
-                           tx, method.init_state(num_classes))
+  extra = {}
+  for i, (name, (m, t, _, m_init)) in enumerate((extras or {}).items()):
+    k = jax.random.fold_in(jax.random.PRNGKey(seed), 0xE0 + i)
+    v = m.init({"params": k, "dropout": jax.random.fold_in(k, 1)}, x, train=False)
+    extra[name] = (init_lib.apply_init(m_init, v["params"], jax.random.fold_in(k, 0x7E12)),
+                   v.get("batch_stats", {}), t)
+  batch_stats = variables.get("batch_stats", {})
+  averaged = (wa_lib.init(params, batch_stats) if wa_lib.enabled(weight_averaging)
+              else None)  # config.weight_averaging: the student's SWA/EMA
+  return TrainState.create(params, batch_stats,
+                           tx, method.init_state(num_classes), extra=extra, averaged=averaged)
 
 
 def code_version() -> str:
@@ -326,6 +393,7 @@ def validate(config, workdir: str | None = None) -> tuple[Any, Any]:
     raise ValueError(f"Unknown model {config.model.name!r}; valid models: "
                      f"{', '.join(models_lib.available())}.")
   init_lib.check_init(config.model.get("init", "flax"))
+  wa_lib.check_config(config.get("weight_averaging"), config.num_epochs)
   try:
     info = data_lib.info(config.data.name, config.data.data_dir or None)
   except data_lib.DatasetNotFoundError:
@@ -343,6 +411,9 @@ def validate(config, workdir: str | None = None) -> tuple[Any, Any]:
                      f"got {n} ({', '.join(config.teachers) or 'none'}).")
   for name, tc in config.teachers.items():
     teachers_lib.check_compatible(name, tc, info)
+  for name, (_, o) in extra_network_configs(config, method).items():  # names, fields, models
+    _need(o.schedule in SCHEDULES, f"extra_networks.{name}.optim.schedule",
+          f"one of {', '.join(SCHEDULES)}", o.schedule)
   if (config.get("teacher_entropy") or {}).get("unlearnable"):  # kdrobust.teacher_entropy
     from kdrobust import teacher_entropy as te_lib  # pylint: disable=g-import-not-at-top
     te_lib.check_config(config.teacher_entropy, config.data.name,
@@ -369,8 +440,9 @@ def _check_workdir(workdir: str, config_dict: dict, overwrite: bool) -> bool:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return False
-  with open(path) as f:
-    old = json.load(f)
+  old = fileio.read_json(path, fix=(
+      "It is the run's config: restore it from a backup, or start afresh with --overwrite "
+      "(the old workdir is moved aside, not deleted) or a new --workdir"))
   diff = config_lib.config_differences(old, config_dict)
   if not diff:
     added = config_lib.new_keys(old, config_dict)
@@ -468,10 +540,14 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
 
   # -- Model and state (created on device, replicated). -----------------------
   model = build_model(config.model, info.num_classes, config.data.name)
+  extras = build_extra_networks(config, method, info.num_classes, config.data.name,
+                                steps_per_epoch)  # e.g. PeerAiD's peer; {} for most methods
   rep = parallel.replicated(mesh)
+  wa_cfg = config.get("weight_averaging")  # kdrobust.weight_averaging; off by default
   state = jax.jit(lambda: create_state(model, tx, method, info.num_classes,
                                        info.image_shape, config.seed,
-                                       init=config.model.get("init", "flax")),
+                                       init=config.model.get("init", "flax"),
+                                       extras=extras, weight_averaging=wa_cfg),
                   out_shardings=rep)()
 
   # -- Teachers: frozen, replicated, checked (loaded above). --------------------
@@ -504,6 +580,36 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
     return data_lib.eval_iterator(config.data.name, data_dir=config.data.data_dir or None,
                                   batch_size=config.data.eval_batch_size,
                                   num_examples=num_examples or None)
+
+  wa_on = wa_lib.enabled(wa_cfg)
+
+  def evaluate_student(st):
+    """The monitor: the average once one is taken (then also the raw student, as 'raw')."""
+    variables, used = wa_lib.select_variables(st) if wa_on else (st.variables(), "raw")
+    res = evaluate(eval_step, variables, eval_batches(config.eval.num_examples), mesh,
+                   config.eval.eps)
+    if wa_on:
+      res["weights"] = used
+      if used == "averaged":
+        res["raw"] = evaluate(eval_step, st.variables(), eval_batches(config.eval.num_examples),
+                              mesh, config.eval.eps)
+    return res
+
+  def refresh_average(st):
+    """``st`` with the average's BN statistics recalibrated if stale (kdrobust.weight_averaging)."""
+    if not wa_lib.needs_recalibration(wa_cfg, st.averaged):
+      return st
+    count = int(jax.device_get(st.averaged["count"]))
+    seed = wa_lib.recalibration_seed(config.seed, count)
+    it = data_lib.train_iterator(config.data.name, data_dir=config.data.data_dir or None,
+                                 batch_size=config.data.batch_size, seed=seed,
+                                 augment=config.data.augment, prefetch_size=0)
+    stats = wa_lib.recalibrate(
+        model.apply, st.averaged["params"], st.averaged["batch_stats"],
+        (parallel.global_batch(mesh, next(it)) for _ in range(steps_per_epoch)),
+        wa_lib.field(wa_cfg, "bn_recalibration"), key=jax.random.PRNGKey(seed))
+    averaged = dict(st.averaged, batch_stats=stats, bn_count=jnp.asarray(count, jnp.int32))
+    return st.replace(averaged=jax.device_put(averaged, rep))
 
   diag = config.get("diagnostics") or {}
   diag_step = None
@@ -546,7 +652,9 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
       teacher_apply_fns=[t.module.apply for t in teachers],
       num_classes=info.num_classes, num_epochs=config.num_epochs,
       steps_per_epoch=steps_per_epoch, seed=config.seed, lr_schedule=schedule,
-      mesh=mesh)
+      mesh=mesh, extra_networks={n: step_lib.ExtraNetwork(m.apply, t, sch)
+                                 for n, (m, t, sch, _) in extras.items()},
+      weight_averaging=wa_cfg)
   batches = data_lib.train_iterator(config.data.name, data_dir=config.data.data_dir or None,
                                     batch_size=config.data.batch_size, seed=config.seed,
                                     start_step=start_step, augment=config.data.augment)
@@ -580,9 +688,10 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
         writer.write(step, "train", m)
         bar.set_postfix_str(metrics_lib.format_scalars(m, ("loss", "lr")), refresh=False)
         t0, s0 = time.time(), step
+      if is_eval or is_ckpt:  # stale statistics of the average recalibrated (if configured)
+        state = refresh_average(state)
       if is_eval:
-        last_eval = evaluate(eval_step, state.variables(),
-                             eval_batches(config.eval.num_examples), mesh, config.eval.eps)
+        last_eval = evaluate_student(state)
         last_eval_step = step
         fileio.fault_point("eval")
         writer.write(step, "eval", _flat_eval(last_eval))
@@ -610,9 +719,8 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
   ckpt.wait()  # every save finished and verified
 
   # -- Final evaluation and results. ---------------------------------------------
-  final = last_eval if last_eval and last_eval_step == step else evaluate(
-      eval_step, state.variables(), eval_batches(config.eval.num_examples), mesh,
-      config.eval.eps)
+  final = last_eval if last_eval and last_eval_step == step else evaluate_student(
+      refresh_average(state))
   best_step = ckpt.best_step()
   for s in {step, best_step} - {None}:  # results.json only names readable checkpoints
     if ckpt.check(s)[0] == ckpt_lib.UNVERIFIED:
@@ -626,6 +734,11 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
       "clean_accuracy": final["clean_accuracy"],
       "robust_accuracy": final["robust_accuracy"],
       "num_examples": final["num_examples"], "eps": config.eval.eps,
+      # With weight averaging: which weights the numbers above are ('averaged'
+      # once an average was taken, else 'raw'), and the raw student's own.
+      **({"weights": final["weights"]} if "weights" in final else {}),
+      **({"raw": {k: final["raw"][k] for k in ("clean_accuracy", "robust_accuracy")}}
+         if "raw" in final else {}),
       "step": step, "best_step": best_step, "method": method.name,
       "config": config_dict, "code_version": code_version(),
       **({"diagnostics": last_diag} if last_diag else {}),
@@ -645,6 +758,8 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
 def _flat_eval(res: dict[str, Any]) -> dict[str, float]:
   out = {"clean_accuracy": res["clean_accuracy"]}
   out.update({f"robust_accuracy/{k}": v for k, v in res["robust_accuracy"].items()})
+  if "raw" in res:  # weight averaging: the raw student next to the average
+    out.update({f"raw/{k}": v for k, v in _flat_eval(res["raw"]).items()})
   return out
 
 
@@ -668,15 +783,18 @@ def _check_finite(state: TrainState, step: int, ckpt) -> None:
   """The NaN guard, run at log steps, epoch ends and before every checkpoint.
 
   Stops the run if an update was rejected (loss or gradients NaN/Inf,
-  ``state.nonfinite``) or if a parameter or BN statistic is no longer finite
+  ``state.nonfinite``) or if a parameter or BN statistic (of the student or
+  of an extra trainable network, ``state.extra``) is no longer finite
   or exceeds :data:`BLOWUP_THRESHOLD` in magnitude (an update that diverged
   while the loss was still finite). Passing marks every earlier checkpoint
   "good" (training continued finitely from it); the message names the last
   good one, or says there is none.
   """
   rejected = int(jax.device_get(state.nonfinite))
+  extra = {n: {k: e[k] for k in ("params", "batch_stats") if k in e}  # PeerAiD's peer, ...
+           for n, e in (getattr(state, "extra", None) or {}).items()}
   size = float(jax.device_get(_max_abs({"params": state.params,
-                                        "batch_stats": state.batch_stats})))
+                                        "batch_stats": state.batch_stats, "extra": extra})))
   if rejected == 0 and size <= BLOWUP_THRESHOLD:  # NaN compares False: caught here
     ckpt.mark_healthy(step)
     return

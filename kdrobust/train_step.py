@@ -13,18 +13,42 @@ run on the next log step with the last good checkpoint intact. A method's
 epoch-boundary update (``Method.epoch_update``, applied at the first step of
 each later epoch by :func:`kdrobust.methods.base.epoch_boundary`) stands even
 when that step is rejected, so it happens exactly once.
+
+Extra trainable networks (issue 12; PeerAiD's peer): a method naming
+``extra_networks`` (a tuple of names, ``Method`` class attribute) gets, for
+each name, an :class:`ExtraNetwork` (its own apply function, optimizer and
+schedule; ``extra_networks=`` of :func:`make_train_step`). Its variables live
+in ``TrainState.extra[name]`` (checkpointed). The method reads them through
+an :class:`ExtraCtx`: ``ctx.extra_eval[name]`` (inference mode, the
+pre-step variables, differentiable w.r.t. x only; for ``perturb``) and,
+inside ``loss``, ``ctx.extra_train[name]`` (a :class:`TrainForward`, train
+mode, threading its own batch statistics). One ``value_and_grad`` with
+respect to the student's and every extra network's parameters of the one
+loss, then each network's own ``tx.update``: every update uses gradients
+taken at the pre-step parameters (one backward of the summed loss, as
+PyTorch's ``loss.backward(); opt_a.step(); opt_b.step()``), so the order of
+the updates does not change the result. A rejected (non-finite) step keeps
+every network's previous state.
+
+Weight averaging (``weight_averaging=`` ``config.weight_averaging``,
+:mod:`kdrobust.weight_averaging`): the step's last act updates
+``state.averaged`` from the post-step student (a ``lax.cond``, true only at
+the epoch ends or steps the average is due). Off (the default), the step
+is unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from kdrobust import losses
+from kdrobust import weight_averaging as wa_lib
 from kdrobust.methods.base import (Ctx, InnerStudent, Method, TrainForward,
                                    epoch_boundary, has_epoch_update)
 from kdrobust.state import TrainState
@@ -41,14 +65,49 @@ def teacher_logits_fn(apply_fn, variables) -> Callable[[Array], Array]:
   return lambda x: losses.at_least_f32(apply_fn(variables, x, train=False))
 
 
+class ExtraNetwork(NamedTuple):
+  """A method's extra trainable network: its apply function, optimizer and lr schedule."""
+  apply_fn: Callable
+  tx: optax.GradientTransformation
+  lr_schedule: Callable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraCtx(Ctx):
+  """:class:`Ctx` of a method with extra networks (module docstring).
+
+  ``extra_eval[name](x)``: inference-mode logits at the pre-step variables
+  (stop-gradient on the variables); ``extra_train[name]``: the train-mode
+  :class:`TrainForward` of the network, set only inside ``loss``.
+  """
+  extra_eval: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
+  extra_train: Mapping[str, TrainForward] = dataclasses.field(default_factory=dict)
+
+
+def extra_network_names(method: Method) -> tuple[str, ...]:
+  """The names of ``method``'s extra trainable networks (``()`` for most methods)."""
+  return tuple(getattr(method, "extra_networks", ()) or ())
+
+
 def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformation,
                     teacher_apply_fns: Sequence[Callable] = (), num_classes: int,
                     num_epochs: int, steps_per_epoch: int, seed: int,
                     lr_schedule: Callable | None = None, mesh=None,
-                    jit: bool = True):
-  """Build the train step for ``method`` (see the module docstring)."""
+                    jit: bool = True,
+                    extra_networks: Mapping[str, ExtraNetwork] | None = None,
+                    weight_averaging=None):
+  """Build the train step for ``method`` (see the module docstring).
+
+  ``extra_networks`` maps each name of ``method.extra_networks`` to its
+  :class:`ExtraNetwork` (exactly those names).
+  """
   base_key = jax.random.PRNGKey(seed)
   teacher_apply_fns = tuple(teacher_apply_fns)
+  names = extra_network_names(method)
+  extra_networks = dict(extra_networks or {})
+  if set(extra_networks) != set(names):
+    raise ValueError(f"Method {method.name!r} trains the extra network(s) {list(names)}; "
+                     f"make_train_step got {sorted(extra_networks)}.")
 
   def step(state: TrainState, teacher_variables, batch):
     key = jax.random.fold_in(base_key, state.step)
@@ -70,6 +129,11 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
               key=jax.random.fold_in(key, 0), epoch=epoch,
               num_epochs=num_epochs, num_classes=num_classes,
               student_inner=student_inner, teachers=teachers, state=method_state)
+    if names:
+      ctx = ExtraCtx(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(Ctx)},
+                     extra_eval={n: teacher_logits_fn(extra_networks[n].apply_fn,
+                                                      state.extra_variables(n))
+                                 for n in names})
     x_adv = method.perturb(ctx)
     if x_adv is not None:
       x_adv = jax.lax.stop_gradient(x_adv)
@@ -78,18 +142,35 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
     # continue from there, as in PyTorch.
     batch_stats = student_inner.batch_stats if student_inner.threads_state else state.batch_stats
 
-    def loss_fn(params):
+    def loss_fn(params, extra_params):
       student = TrainForward(apply_fn, params, batch_stats,
                              rngs=jax.random.fold_in(key, 1))
-      out = method.loss(ctx, student, x_adv, method_state)
-      return out.loss, (out, student.batch_stats)
+      lctx = ctx
+      if names:
+        nets = {n: TrainForward(extra_networks[n].apply_fn, extra_params[n],
+                                state.extra[n]["batch_stats"],
+                                rngs=jax.random.fold_in(key, 16 + i))
+                for i, n in enumerate(names)}
+        lctx = dataclasses.replace(ctx, extra_train=nets)
+      out = method.loss(lctx, student, x_adv, method_state)
+      extra_bs = {n: lctx.extra_train[n].batch_stats for n in names}
+      return out.loss, (out, student.batch_stats, extra_bs)
 
-    (loss, (out, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    extra_params = {n: state.extra[n]["params"] for n in names}
+    (loss, (out, new_bs, new_extra_bs)), (grads, extra_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(state.params, extra_params)
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_extra, extra_norms = {}, {}
+    for n in names:  # each network's own optimizer, from the pre-step gradients
+      e = state.extra[n]
+      upd, opt = extra_networks[n].tx.update(extra_grads[n], e["opt_state"], e["params"])
+      new_extra[n] = {"params": optax.apply_updates(e["params"], upd),
+                      "batch_stats": new_extra_bs[n], "opt_state": opt}
+      extra_norms[n] = optax.global_norm(extra_grads[n])
+      finite = finite & jnp.isfinite(extra_norms[n])
     keep = ~finite
     if out.skip is not None:
       keep = keep | out.skip
@@ -103,7 +184,18 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
         batch_stats=pick(new_bs, state.batch_stats, ~finite),
         opt_state=pick(new_opt, state.opt_state),
         method_state=pick(new_ms, method_state),
-        nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+        nonfinite=state.nonfinite + (~finite).astype(jnp.int32),
+        # Extra networks: parameters and optimizer as the student's; their
+        # statistics as the student's (a skipped batch's stand).
+        extra={n: {"params": pick(new_extra[n]["params"], state.extra[n]["params"]),
+                   "opt_state": pick(new_extra[n]["opt_state"], state.extra[n]["opt_state"]),
+                   "batch_stats": pick(new_extra[n]["batch_stats"],
+                                       state.extra[n]["batch_stats"], ~finite)}
+               for n in names} if names else state.extra)
+    if wa_lib.enabled(weight_averaging):  # the student's SWA/EMA, from the post-step weights
+      new_state = new_state.replace(averaged=wa_lib.update(
+          weight_averaging, state.averaged, new_state.params, new_state.batch_stats,
+          state.step + 1, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs))
     metrics = dict(out.metrics)
     metrics["loss"] = loss
     metrics["grad_norm"] = grad_norm
@@ -111,6 +203,10 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
       metrics["skipped"] = out.skip.astype(jnp.float32)
     if lr_schedule is not None:
       metrics["lr"] = lr_schedule(state.step)
+    for n in names:
+      metrics[f"grad_norm/{n}"] = extra_norms[n]
+      if extra_networks[n].lr_schedule is not None:
+        metrics[f"lr/{n}"] = extra_networks[n].lr_schedule(state.step)
     return new_state, metrics
 
   if not jit:

@@ -43,6 +43,11 @@ DISTILL = {
     "mtard": ("mtard", 0), "kdiga": ("kdiga", 0), "kdiga_ard": ("kdiga_ard", 0),
     "adaad": ("adaad", 0), "adaiad": ("adaiad", 0), "darht": ("darht", 0),
     "adaad_igdm": ("adaad", 5), "rslad_igdm": ("rslad", 5), "ard_igdm": ("ard", 5),
+    # Issue 12 (methods_next.md): the methods published since, short-run settings of
+    # paper_settings.SHORT_RUN.
+    "saad": ("saad", 0), "absld": ("absld", 0), "b_mtard": ("b_mtard", 0),
+    "cgard": ("cgard", 0), "fair_ard": ("fair_ard", 0), "fair_iad": ("fair_iad", 0),
+    "fair_rslad": ("fair_rslad", 0), "fair_mtard": ("fair_mtard", 0),
 }
 # Extra settings: name -> (method, igdm, {method field: value}). With KDIGA's released
 # default gamma = 0.5 (and its gamma / B^2 normalisation) the alignment term is about
@@ -51,7 +56,8 @@ VARIANTS = {"kdiga_g100": ("kdiga", 0, {"gamma": 100.0}),
             "kdiga_g1000": ("kdiga", 0, {"gamma": 1000.0})}
 DISTILL.update({k: v[:2] for k, v in VARIANTS.items()})
 ALL_METHODS = list(REFERENCE) + list(DISTILL)
-SECOND_TEACHER = ("mtard", "darht")
+# Methods that read the natural teacher as their second one (teacher2=).
+SECOND_TEACHER = ("mtard", "darht", "b_mtard", "fair_mtard")
 EVAL_NAME = "campaign"
 DIAG_NAME = "campaign_diag"
 
@@ -72,9 +78,9 @@ def teacher_spec(dataset: str, root: str, data_dir: str, natural: bool = False):
     cli = f"python -m kdrobust.main --config configs/quickstart.py --workdir {wd}"
     desc = "quickstart.py (small_cnn, PGD-AT, 15 ep)"
     if natural:
-      c.method.name = "natural"
-      cli = (f"python -m kdrobust.main --config configs/quickstart.py "
-             f"--config.method.name=natural --workdir {wd}")
+      c = load_config(os.path.join(CONFIGS, "quickstart.py"), "method=natural")
+      cli = (f"python -m kdrobust.main --config configs/quickstart.py:method=natural "
+             f"--workdir {wd}")
       desc = "quickstart.py, method natural (small_cnn, 15 ep)"
   else:
     m = "natural" if natural else "pgd_at"
@@ -91,18 +97,16 @@ def student_spec(dataset: str, root: str, data_dir: str, key: str, seed: int):
   seed_flag = f" --config.seed={seed}" if seed else ""
   if key in REFERENCE:  # tiny_cnn trained without a teacher, same schedule as the students
     if dataset == "digits":
-      c = load_config(os.path.join(CONFIGS, "quickstart.py"), "epochs=10")
+      arg = "epochs=10" + ("" if key == "pgd_at" else f",method={key}")
+      c = load_config(os.path.join(CONFIGS, "quickstart.py"), arg)
       c.model.name = "tiny_cnn"
       flags = " --config.model.name=tiny_cnn"
-      if key != "pgd_at":
-        c.method.name = key
-        flags += f" --config.method.name={key}"
       if key == "trades":  # TRADES' own gaussian start (beta: the method default, 6)
         c.method.attack.init = "gaussian"
         flags += " --config.method.attack.init=gaussian"
-      cli = (f"python -m kdrobust.main --config configs/quickstart.py:epochs=10{flags}"
+      cli = (f"python -m kdrobust.main --config configs/quickstart.py:{arg}{flags}"
              f"{seed_flag} --workdir {wd}")
-      desc = f"quickstart.py:epochs=10, tiny_cnn, {key}"
+      desc = f"quickstart.py:{arg}, tiny_cnn, {key}"
     else:
       arg = f"method={key},arch=tiny_cnn,data_dir={data_dir}"
       c = load_config(os.path.join(CONFIGS, "cifar10_subset_pgd_at.py"), arg)
@@ -327,7 +331,8 @@ def _fmt_time(rows) -> str:
 
 
 def _label(m: str) -> str:
-  return {"teacher": "**teacher** (PGD-AT)", "natural_teacher": "natural teacher (MTARD/DARHT 2nd)",
+  return {"teacher": "**teacher** (PGD-AT)",
+          "natural_teacher": "natural teacher (MTARD/DARHT/B-MTARD/Fair-MTARD 2nd)",
           "natural": "natural (no teacher)", "pgd_at": "PGD-AT (no teacher)",
           "trades": "TRADES (no teacher)", "kdiga_g100": "kdiga, γ = 100",
           "kdiga_g1000": "kdiga, γ = 1000"}.get(m, m.replace("_igdm", " + IGDM"))

@@ -58,14 +58,6 @@ def test_eight_devices_give_the_one_device_result():
                                select="loss", mesh=mesh, **common)
   assert np.abs(one[0] - X).max() > 0  # it moved
   np.testing.assert_allclose(eight[0], one[0], rtol=0, atol=1e-6)
-  # FAB-T with a large eps so that it succeeds on most points.
-  f1 = fab_lib.fab_rounds(fn, X, Y, targeted=True, n_iter=2, n_target_classes=1,
-                          **dict(common, eps=0.5))
-  f8 = fab_lib.fab_rounds(fn, X, Y, targeted=True, n_iter=2, n_target_classes=1, mesh=mesh,
-                          **dict(common, eps=0.5))
-  assert f1[1].sum() >= N // 2
-  np.testing.assert_array_equal(f8[1], f1[1])
-  np.testing.assert_allclose(f8[0], f1[0], rtol=0, atol=1e-6)
   # The whole cascade with Square (batch-coupled draws; GSPMD-sharded), the clean
   # pass and the re-checks: batch_size and chunk_size multiples of 8.
   kw = dict(eps=8 / 255, version="custom", attacks=["square"], batch_size=8, chunk_size=16,
@@ -79,20 +71,23 @@ def test_eight_devices_give_the_one_device_result():
   assert r8.stage_accuracy == r1.stage_accuracy
 
 
-def test_sharded_kernels_have_no_collectives():
+def test_sharded_fab_has_no_collectives_and_matches_one_device():
   mesh = apgd_lib.attack_mesh(8)
   fn = jax.tree_util.Partial(_logits)
-  x = apgd_lib.put_rows(X[:16], mesh)
-  y = apgd_lib.put_rows(Y[:16], mesh)
-  eps = jnp.float32(8 / 255)
-  core = apgd_lib.sharded_kernel(fab_lib._fab_core, mesh,  # pylint: disable=protected-access
-                                 (False, True, True, True, False, False), n_iter=2,
-                                 norm="linf", targeted=True, alpha_max=0.1, eta=1.05, beta=0.9)
-  text = core.lower(fn, x, y, x, jnp.int32(2), eps).compile().as_text()
-  assert not COLLECTIVES.findall(text)
-  # (GSPMD's own partitioning of the same jitted kernel, fab._fab_core_jit on these
-  # sharded inputs, has all-gather, all-to-all and collective-permute: checked by
-  # hand, too slow to compile here.)
+  eps = jnp.float32(0.5)  # large: FAB-T succeeds on most points
+  static = dict(n_iter=2, norm="linf", targeted=True, alpha_max=0.1, eta=1.05, beta=0.9)
+  x, y = apgd_lib.put_rows(X[:16], mesh), apgd_lib.put_rows(Y[:16], mesh)
+  compiled = fab_lib.sharded_fab_core(mesh, **static).lower(
+      fn, x, y, x, jnp.int32(2), eps).compile()
+  assert not COLLECTIVES.findall(compiled.as_text())
+  # (GSPMD's own partitioning of the jitted kernel, fab._fab_core_jit on these sharded
+  # inputs, has all-gather, all-to-all and collective-permute: checked by hand.)
+  eight = compiled(fn, x, y, x, jnp.int32(2), eps)
+  one = fab_lib._fab_core_jit(fn, X[:16], Y[:16], X[:16], jnp.int32(2), eps,  # pylint: disable=protected-access
+                              **static)
+  assert np.asarray(one.success).sum() >= 8
+  np.testing.assert_array_equal(np.asarray(eight.success), np.asarray(one.success))
+  np.testing.assert_allclose(np.asarray(eight.adv), np.asarray(one.adv), rtol=0, atol=1e-6)
 
 
 class _Compiles:

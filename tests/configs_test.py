@@ -26,7 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 SUPPORT_MODULES = ("paper_settings.py",)  # data, not configs
 CIFAR_FILES = ("cifar_adaad", "cifar_ard", "cifar_darht", "cifar_iad", "cifar_igdm", "cifar_kd",
-               "cifar_kdiga", "cifar_mtard", "cifar_natural", "cifar_rslad")
+               "cifar_kdiga", "cifar_mtard", "cifar_natural", "cifar_rslad",
+               # issue 12 (methods_next.md)
+               "cifar_absld", "cifar_b_mtard", "cifar_cgard", "cifar_fair_ard", "cifar_saad")
 # The paper configs: official students are PyTorch modules (model.init='torch').
 PAPER_FILES = CIFAR_FILES + ("cifar10_pgd_at", "cifar10_trades", "igdm_datasets")
 CPU_FILES = ("digits_distill", "subset_distill", "quickstart_distill", "quickstart",
@@ -37,7 +39,9 @@ TARGET_FILES = {"cifar_igdm": (("pgd_at", "trades"), _CIFAR), "cifar_ard": (("ar
                 "cifar_iad": (("iad",), _CIFAR), "cifar_rslad": (("rslad",), _CIFAR),
                 "cifar_adaad": (("adaad", "adaiad"), _CIFAR),
                 "igdm_datasets": (("pgd_at", "trades", "ard", "iad", "rslad", "adaad"),
-                                  ("svhn_cropped", "tiny_imagenet"))}
+                                  ("svhn_cropped", "tiny_imagenet")),
+                "cifar_cgard": (("cgard",), _CIFAR), "cifar_b_mtard": (("b_mtard",), _CIFAR),
+                "cifar_saad": (("saad",), _CIFAR)}
 _COMMAND = re.compile(r"--config configs/(\w+)\.py(?::(\S+))?")
 _MODULES = {}
 
@@ -291,7 +295,8 @@ def test_teacher_layouts_build(dataset, key):
 
 DISTILL_FILES = ("cifar_adaad", "cifar_ard", "cifar_darht", "cifar_iad", "cifar_igdm", "cifar_kd",
                  "cifar_kdiga", "cifar_mtard", "cifar_rslad", "igdm_datasets", "digits_distill",
-                 "subset_distill", "quickstart_distill")
+                 "subset_distill", "quickstart_distill", "cifar_absld", "cifar_b_mtard",
+                 "cifar_cgard", "cifar_fair_ard", "cifar_saad")
 # file -> its protocols (the first is the default).
 PROTOCOLS = {"cifar_adaad": ("igdm", "official"), "cifar_ard": ("igdm", "official"),
              "cifar_iad": ("igdm", "official"), "cifar_rslad": ("igdm", "official"),
@@ -300,7 +305,10 @@ PROTOCOLS = {"cifar_adaad": ("igdm", "official"), "cifar_ard": ("igdm", "officia
              "cifar_igdm": ("igdm",), "igdm_datasets": ("igdm",),
              "digits_distill": ("short_run",), "subset_distill": ("short_run",),
              "quickstart_distill": ("short_run",), "cifar10_pgd_at": ("official", "igdm"),
-             "cifar10_trades": ("official", "igdm"), "cifar_natural": ("kdrobust",)}
+             "cifar10_trades": ("official", "igdm"), "cifar_natural": ("kdrobust",),
+             "cifar_absld": ("kdrobust", "official"), "cifar_b_mtard": ("official",),
+             "cifar_cgard": ("paper",), "cifar_fair_ard": ("kdrobust", "official"),
+             "cifar_saad": ("official", "paper")}
 
 
 def test_every_distillation_config_takes_protocol():

@@ -8,7 +8,6 @@ cache so that only the first one compiles. Kill points are exact
 a random moment (seeded; the seed is printed).
 """
 
-import json
 import os
 import random
 import shutil
@@ -21,12 +20,14 @@ import numpy as np
 import pytest
 
 from kdrobust import checkpoint as ckpt_lib
+from kdrobust import config_lib
 from kdrobust import data as data_lib
 from kdrobust import evaluate as evaluate_lib
 from kdrobust import fileio
 from kdrobust import metrics as metrics_lib
 from kdrobust import parallel
 from kdrobust import quickstart
+from kdrobust import teachers as teachers_lib
 from kdrobust import train
 from kdrobust import train_step as step_lib
 
@@ -233,6 +234,8 @@ def test_corrupt_final_checkpoint_is_rewritten_on_rerun(env, ref, tmp_path):
   # Readers never pick the corrupt one.
   assert evaluate_lib.resolve_checkpoint(w, "latest")[0] == 16
   assert evaluate_lib.resolve_checkpoint(w, "best")[0] != 24
+  for which in ("latest", "best"):  # nor does loading the run as a teacher
+    teachers_lib.load("t", config_lib.teacher_config(w, which=which))
   p = _main(env, w)
   assert p.returncode == 0, p.stdout[-3000:]
   assert "falling back" in p.stdout and "Replacing the corrupt checkpoint at step 24" in p.stdout

@@ -69,3 +69,15 @@ def test_caption_says_which_pgd_iterate_the_column_counts(rc):
   mixed = rc.pgd_iterate_caption(["any", "last"])
   assert "mixes iterates" in mixed and "re-evaluate" in mixed
   assert rc.pgd_iterate_caption([]) == ""
+
+
+@pytest.mark.parametrize("key", ["natural", "trades", "pgd_at"])
+def test_reference_rows_build_valid_configs_and_commands(rc, tmp_path, key):
+  """The no-teacher rows: the config the campaign runs is valid, and its command builds it."""
+  from kdrobust import methods as methods_lib
+  _, _, c, _, cli = rc.student_spec("digits", str(tmp_path), "", key, 0)
+  assert methods_lib.from_config(c.method).name == key
+  assert ("method=" + key in cli) == (key != "pgd_at")
+  assert "--config.method.name" not in cli  # renaming keeps PGD-AT's fields: refused
+  _, _, t, _, tcli = rc.teacher_spec("digits", str(tmp_path), "", natural=True)
+  assert methods_lib.from_config(t.method).name == "natural" and ":method=natural" in tcli

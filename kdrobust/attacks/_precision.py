@@ -79,7 +79,7 @@ def with_precision(fn):
   """Add a keyword-only ``precision='highest'`` to ``fn`` and run ``fn`` under it.
 
   The wrapper validates the name before any compute, then calls ``fn`` inside
-  :func:`precision_scope`, so everything ``fn`` traces or dispatches (its own
+  :func:`attack_scope`, so everything ``fn`` traces or dispatches (its own
   tracing when called inside a caller's ``jit``, or the jitted kernels a host
   driver calls) uses that precision. Without ``precision=`` the precision is
   that of the enclosing attack if ``fn`` is called by one, else

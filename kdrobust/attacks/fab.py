@@ -386,6 +386,15 @@ def _fab_prepare(x, round_idx, key, eps, n_restarts, *, norm):
   return x_start, 2 + round_idx // n_restarts
 
 
+def sharded_fab_core(mesh, **static):
+  """``_fab_core(fn, x, y, x_start, target_class, eps)`` with the rows split over ``mesh``.
+
+  Per device, no collectives (``apgd.sharded_kernel``); ``static``: ``_fab_core``'s
+  ``n_iter, norm, targeted, alpha_max, eta, beta``.
+  """
+  return sharded_kernel(_fab_core, mesh, (False, True, True, True, False, False), **static)
+
+
 @with_precision
 def fab_rounds(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
                targeted: bool = True, n_iter: int = 100, n_restarts: int = 1,
@@ -416,9 +425,8 @@ def fab_rounds(logits_fn, x, y, key=0, *, eps, norm: str = "linf",
     del valid
     x_start, tc = _fab_prepare(xb, r, k, eps_a, n_res, norm=norm)
     if mesh is not None:  # the start is drawn globally; each device runs its rows
-      core = sharded_kernel(_fab_core, mesh, (False, True, True, True, False, False),
-                            n_iter=n_iter, norm=norm, targeted=targeted,
-                            alpha_max=alpha_max, eta=eta, beta=beta)
+      core = sharded_fab_core(mesh, n_iter=n_iter, norm=norm, targeted=targeted,
+                              alpha_max=alpha_max, eta=eta, beta=beta)
       res = core(fn, xb, yb, x_start, tc, eps_a)
       return res.adv, res.success, res.radius
     res = run(fn, xb, yb, x_start, tc, eps_a, n_iter=n_iter, norm=norm,

@@ -25,6 +25,7 @@ _MODULES = (
     "kd", "ard", "iad", "rslad", "mtard", "kdiga", "adaad", "darht",
     "saad", "b_mtard", "cgard",  # issue 12, methods_next.md sections 1, 4, 6
     "absld", "fair_ard",  # issue 12, methods_next.md sections 2, 3
+    "peeraid",  # issue 12, methods_next.md section 5 (an extra trainable network)
 )
 
 

@@ -110,8 +110,10 @@ class ABSLD(Method):
   the script cannot run as released (A2), so it is not literally what
   produced the paper's numbers. ``'product'`` reproduces the released step
   (``configs/cifar_absld.py:protocol=official``; the parity test covers both).
-  IGDM on top: not wired (``kdrobust.methods.igdm`` does not list ``absld``;
-  the structure, RSLAD's forwards plus state, would allow it).
+  IGDM on top: supported (``method.igdm.alpha > 0``; a kdrobust extension,
+  no paper combines them): ``d = x' - x``, forwards ``S(x + d)``, ``S(x - d)``,
+  then ``S(x')``, ``S(x)``; the temperatures and their epoch update are the
+  base's (``kdrobust.methods.igdm.NEXT_BASES``).
   """
   name = "absld"
   teachers = (1, 1)

@@ -106,9 +106,10 @@ class CGARD(Method):
   * ``feasibility = False`` drops the constraint (an ablation, not the paper's).
 
   ``perturb`` returns ``Perturbed(x=x_S', aux={'x_teacher': x_T''})``.
-  IGDM (``method.igdm``) is not applied on top: kdrobust.methods.igdm does
-  not list ``cgard`` as a base (the difference x_S' - x it would use is well
-  defined; the paper does not combine them).
+  IGDM (``method.igdm.alpha > 0``) on top: supported, a kdrobust extension
+  (the paper does not combine them; ``kdrobust.methods.igdm.NEXT_BASES``):
+  ``d = x_S' - x`` (the student point; ``x_T''`` enters only CGARD's loss),
+  forwards ``S(x_S' + d)``, ``S(x - d)``, then ``S(x_S')``.
 
   Batch-norm order: one train-mode forward per step, ``S(x_S')``; the search
   runs the student in inference mode.

@@ -176,7 +176,10 @@ class FairARD(_Fair):
   ``tau = 30``, ``alpha = 1`` (``S(x)`` then only moves the statistics), the
   per-example ``nn.KLDivLoss()`` on a C-vector = ``elemmean``. Recipe: 200
   epochs, SGD Nesterov, lr 0.1 then 0.01 from epoch 100 (E1).
-  IGDM on top: not wired (``kdrobust.methods.igdm`` does not list it).
+  IGDM on top: supported (a kdrobust extension, no paper combines them;
+  ``kdrobust.methods.igdm.NEXT_BASES``): ``d = x' - x``, forwards
+  ``S(x + d)``, ``S(x - d)`` before the base's; the IGDM term is not
+  class-weighted; ``kappa`` and the weights are the base's.
   """
   name = "fair_ard"
   teachers = (1, 1)
@@ -227,7 +230,7 @@ class FairIAD(_Fair):
   running-statistics update (``basicop``); the teacher on ``x'`` only from
   ``begin`` on (it has no state). Defaults ``tau = 1``, ``alpha = 1``,
   ``beta_iad = 0.1``, ``begin = 60``.
-  IGDM on top: not wired.
+  IGDM on top: supported, as for Fair-ARD.
   """
   name = "fair_iad"
   teachers = (1, 1)
@@ -287,7 +290,7 @@ class FairRSLAD(_Fair):
   ``kappa_eps``: the code has none (``(1 / kbar)^beta``); CHOICE 1e-5 as in
   the three other scripts (0 gives NaN weights when a class never survives a
   step); ``protocol=official`` sets 0.
-  IGDM on top: not wired.
+  IGDM on top: supported, as for Fair-ARD.
   """
   name = "fair_rslad"
   teachers = (1, 1)

@@ -12,6 +12,13 @@ with ``d = stop_gradient(x' - x)``, ``x'`` the base method's adversarial
 input, ``t`` the 1-indexed epoch and ``E`` the number of epochs;
 ``beta = gamma = 1`` (the paper's ``x + d``, ``x - d``) by default.
 
+Bases: the paper's (``PAPER_BASES``: PGD-AT, TRADES, ARD, IAD, RSLAD, AdaAD,
+AdaIAD) and, a kdrobust extension that no paper reports, the single-teacher
+methods of issue 12 (``NEXT_BASES``: ABSLD, Fair-ARD, Fair-IAD, Fair-RSLAD,
+CGARD), with their method state and epoch-boundary updates passed through.
+Refused: two-teacher methods (MTARD, B-MTARD, Fair-MTARD, IAD-II, DARHT) and
+SAAD, whose loss already has IGDM's term.
+
 Source: ``Xavaitron/VLM_Distillation@a22ed64 ICLR_IGDM/`` (``ard_IGDM_cifar100.py``,
 ``rslad_IGDM_cifar100.py``, ``adaad_IGDM_cifar100.py``, ``args.py``,
 ``cifar100.sh``), read against the authors' later ``HongsinLee/saad@295121c
@@ -28,12 +35,26 @@ import jax
 import jax.numpy as jnp
 
 from kdrobust import losses
-from kdrobust.methods.base import LossOut, Method, sg
+from kdrobust.methods.base import LossOut, Method, Perturbed, sg
 
 Array = jax.Array
 
 # Base methods IGDM is defined for (IGDM App. B.1) and their modules.
-SUPPORTED = ("pgd_at", "trades", "ard", "iad", "rslad", "adaad", "adaiad")
+PAPER_BASES = ("pgd_at", "trades", "ard", "iad", "rslad", "adaad", "adaiad")
+# kdrobust extension (issue 12; no paper combines them): the single-teacher
+# methods published since whose step is "one adversarial input x', then a
+# student loss", so d = x' - x is defined. Their method state (ABSLD's
+# temperatures, Fair-*'s class weights) and epoch-boundary update pass
+# through; a ``Perturbed`` from ``perturb`` is handed to the base unchanged
+# and its ``.x`` is IGDM's x' (CGARD: the student point x_S', not the
+# teacher-favourable x_T''). Forwards: S(x + beta d), S(x - gamma d), then the
+# base's own (no IGDM script to follow). Not bases: ``saad`` (its loss already
+# carries IGDM's term, ``ig_alpha``), the two-teacher ``mtard``, ``b_mtard``,
+# ``fair_mtard``, ``darht``, the clean-input ``kd``, ``kdiga*``.
+NEXT_BASES = ("absld", "fair_ard", "fair_iad", "fair_rslad", "cgard")
+SUPPORTED = PAPER_BASES + NEXT_BASES
+# Bases refused with a reason of their own (checked before SUPPORTED).
+REFUSED = {"saad": "SAAD already carries IGDM's term (set method.ig_alpha instead)"}
 
 # The student's train-mode forwards of one step, in the order of IGDM's code,
 # for the bases that have an IGDM script in a22ed64 (each forward moves the
@@ -164,7 +185,10 @@ class IGDM(Method):
   def loss(self, ctx, student, x_adv, state):
     if x_adv is None:
       raise ValueError("IGDM needs the base method's adversarial input.")
-    x_plus, x_minus = igdm_points(ctx.x, x_adv, self.beta, self.gamma)
+    # A Perturbed (the attack's x' plus what it measured) goes to the base
+    # unchanged; IGDM's d is taken from its x'.
+    x_pt = x_adv.x if isinstance(x_adv, Perturbed) else x_adv
+    x_plus, x_minus = igdm_points(ctx.x, x_pt, self.beta, self.gamma)
     order = CODE_ORDER.get(self.base.name)
     if order is None:
       s_plus = student(x_plus)
@@ -193,6 +217,11 @@ class IGDM(Method):
 _CLASSES: dict[type, type] = {}
 
 
+def _base_epoch_update(self, state, epoch):
+  """The base method's epoch-boundary update (IGDM adds no state of its own)."""
+  return self.base.epoch_update(state, epoch)
+
+
 def _wrapped_class(base_cls: type) -> type:
   """One ``IGDM`` subclass per base class, with class vars ``name`` and ``teachers``.
 
@@ -200,10 +229,13 @@ def _wrapped_class(base_cls: type) -> type:
   ``type(method).teachers``).
   """
   if base_cls not in _CLASSES:
-    cls = type(f"IGDM_{base_cls.__name__}", (IGDM,),
-               {"__module__": __name__, "__qualname__": f"IGDM_{base_cls.__name__}",
-                "name": f"igdm_{base_cls.name}", "teachers": (1, 1),
-                "__annotations__": {}})
+    attrs = {"__module__": __name__, "__qualname__": f"IGDM_{base_cls.__name__}",
+             "name": f"igdm_{base_cls.name}", "teachers": (1, 1), "__annotations__": {}}
+    if base_cls.epoch_update is not Method.epoch_update:
+      # Only for bases with an epoch-boundary update, so the others keep
+      # ``has_epoch_update`` False (no lax.cond in their step).
+      attrs["epoch_update"] = _base_epoch_update
+    cls = type(f"IGDM_{base_cls.__name__}", (IGDM,), attrs)
     _CLASSES[base_cls] = dataclasses.dataclass(frozen=True)(cls)
   return _CLASSES[base_cls]
 
@@ -216,20 +248,29 @@ def wrap(base: Method, alpha: float, beta: float = 1.0, gamma: float = 1.0,
   """Wrap ``base`` with IGDM at weight ``alpha`` (before the ``t / E`` ramp).
 
   ``beta``, ``gamma`` scale the two points ``x + beta d``, ``x - gamma d``
-  (defaults 1, 1: IGDM's code as run and the paper). Supported bases:
-  ``pgd_at``, ``trades``, ``ard``, ``iad``, ``rslad``, ``adaad``, ``adaiad``
-  (the paper's; AKD is not implemented). The wrapped method's ``attack`` field
-  is the base's (the one ``perturb`` uses).
+  (defaults 1, 1: IGDM's code as run and the paper). Supported bases
+  (:data:`SUPPORTED`): the paper's ``pgd_at``, ``trades``, ``ard``, ``iad``,
+  ``rslad``, ``adaad``, ``adaiad`` (AKD is not implemented) and, as a kdrobust
+  extension, ``absld``, ``fair_ard``, ``fair_iad``, ``fair_rslad``, ``cgard``
+  (:data:`NEXT_BASES`). Refused: two-teacher methods (``mtard``,
+  ``b_mtard``, ``fair_mtard``, ``darht``), ``saad`` (its own IGDM term) and
+  every other method. The wrapped method's ``attack`` field is the base's
+  (the one ``perturb`` uses).
   """
   if unknown:
     raise ValueError(f"Unknown IGDM option(s) {sorted(unknown)}; valid: {list(OPTIONS)}.")
   if isinstance(base, IGDM):
     raise ValueError("The method is already wrapped with IGDM.")
+  lo, hi = type(base).teachers
+  if hi is None or hi > 1:
+    raise ValueError(f"IGDM supports single-teacher bases; {base.name!r} takes "
+                     f"{lo}-{'any' if hi is None else hi} teachers; supported base methods: "
+                     f"{', '.join(SUPPORTED)}.")
+  if base.name in REFUSED:
+    raise ValueError(f"IGDM is not applied on top of {base.name!r}: {REFUSED[base.name]}; "
+                     f"supported base methods: {', '.join(SUPPORTED)}.")
   if base.name not in SUPPORTED:
     raise ValueError(f"IGDM is not defined for method {base.name!r}; supported base "
                      f"methods: {', '.join(SUPPORTED)}.")
-  lo, hi = type(base).teachers
-  if hi is not None and hi > 1:
-    raise ValueError(f"IGDM supports single-teacher bases; {base.name!r} takes {lo}-{hi}.")
   return _wrapped_class(type(base))(attack=base.attack, base=base, alpha=float(alpha),
                                     beta=float(beta), gamma=float(gamma))

@@ -243,9 +243,9 @@ def _load_run(name: str, tc, dtype: str) -> Teacher:
   ckpt = ckpt_lib.Checkpointer(os.path.join(tc.path, "checkpoints"), enable_async=False)
   which = tc.get("which", "best")
   if which == "best":
-    step = ckpt.best_step() or ckpt.latest_step()
+    step = ckpt.best_step() or ckpt.latest_intact_step()  # never a corrupt one
   elif which == "latest":
-    step = ckpt.latest_step()
+    step = ckpt.latest_intact_step()
   else:
     step = int(which)
   if step is None:
