@@ -12,7 +12,7 @@
   valid values, and ``create_state`` drawing the peer independently.
 
 Tiny conv-BN model on 8x8x3, batch 8, 2-step attacks, compiled at XLA
-optimisation level 0: about 15 s of CPU on 2 cores.
+optimisation level 0: about 20 s of CPU (25-35 s wall on the loaded 2-core machine).
 """
 
 from __future__ import annotations

@@ -96,14 +96,21 @@ def _setup(method, *, num_epochs=200, steps_per_epoch=1):
   t_vars = tuple(_init(teacher, 100 + i) for i in range(n))
   s_vars = _init(student, 0)
   tx = optax.sgd(0.1)
+  # Extra trainable networks (PeerAiD's peer): another draw of the student's model.
+  names = step_lib.extra_network_names(method)
+  extra = {}
+  for i, name in enumerate(names):
+    e = _init(student, 50 + i)
+    extra[name] = (e["params"], e.get("batch_stats", {}), tx)
   state = TrainState.create(s_vars["params"], s_vars.get("batch_stats", {}), tx,
-                            method.init_state(C))
+                            method.init_state(C), extra=extra)
   key = (method, num_epochs, steps_per_epoch)
   if key not in _STEPS:
     step = step_lib.make_train_step(
         apply_fn=student.apply, method=method, tx=tx,
         teacher_apply_fns=[teacher.apply] * n, num_classes=C,
-        num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, seed=0, jit=False)
+        num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, seed=0, jit=False,
+        extra_networks={name: step_lib.ExtraNetwork(student.apply, tx) for name in names})
     _STEPS[key] = jax.jit(step, donate_argnums=(0,), compiler_options=FAST)
   return state, t_vars, _STEPS[key]
 

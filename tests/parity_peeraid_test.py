@@ -30,7 +30,7 @@ statistics). Compared: both networks' parameters and running statistics
 counts (student 3, peer 1 per step). Planted deviations (detaching where the
 code does not, updating the networks one after the other, one student
 forward at x', the peer in train mode for the attack target) are detected.
-About 25 s on 2 cores (four compiled kdrobust variants).
+About 20 s of CPU (three compiled kdrobust variants; 30 s wall on the loaded 2-core machine).
 """
 
 from __future__ import annotations

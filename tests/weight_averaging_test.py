@@ -14,6 +14,7 @@ Runtime: about 40 s on 2 CPU cores (mostly the two tiny end-to-end runs).
 """
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -78,12 +79,13 @@ def test_swa_in_the_step_is_the_equal_mean_of_epoch_end_snapshots():
   # PyTorch's AveragedModel (lerp 1/(n+1), first update copies) and PeerAiD's
   # moving_average (swa (1 - a) + theta a, a = 1/(n+1)) give the same mean.
   leaf = lambda t: np.asarray(jax.tree.leaves(t[0])[0])  # noqa: E731
-  mod = torch.nn.Linear(1, 1, bias=False)
+  mod = torch.nn.Module()
+  mod.weight = torch.nn.Parameter(torch.zeros(leaf(picked[0]).shape))
   avg = torch.optim.swa_utils.AveragedModel(mod)
   swa_peer = None
   for n, snap in enumerate(picked):
     with torch.no_grad():
-      mod.weight = torch.nn.Parameter(torch.tensor(leaf(snap)))
+      mod.weight.copy_(torch.tensor(leaf(snap)))
     avg.update_parameters(mod)
     a = 1.0 / (n + 1)
     swa_peer = leaf(snap) if n == 0 else swa_peer * (1 - a) + leaf(snap) * a
@@ -191,9 +193,10 @@ def test_recalibration_matches_torch_on_the_parity_twin(mode):
 
 
 def _wa_config(**over):
+  """3 epochs of 8 steps, SWA from epoch 1 (updates at steps 8, 16, 24), torch update_bn."""
   return tiny_config(**{"weight_averaging.kind": "swa", "weight_averaging.start_epoch": 1,
                         "weight_averaging.bn_recalibration": "pytorch", "eval.every_epochs": 0,
-                        **over})
+                        "method": config_lib.method_config("natural"), **over})
 
 
 def _raw(workdir, step=None):
@@ -205,12 +208,17 @@ def _raw(workdir, step=None):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+  """An uninterrupted run, and a copy "killed" before its last checkpoint, then resumed."""
   base = tmp_path_factory.mktemp("wa")
-  full = str(base / "full")
+  full, part = str(base / "full"), str(base / "part")
   res_full = train.train_and_evaluate(_wa_config(), full)
-  part = str(base / "part")
-  train.train_and_evaluate(_wa_config(total_steps=10), part)  # "killed" after step 10
-  res_part = train.train_and_evaluate(_wa_config(), part)  # resumed
+  shutil.copytree(full, part)
+  ck = ckpt_lib.Checkpointer(os.path.join(part, "checkpoints"), enable_async=False)
+  assert ck.all_steps() == [16, 24]
+  ck.close()
+  shutil.rmtree(os.path.join(part, "checkpoints", "24"))  # killed after step 16's save
+  os.remove(os.path.join(part, "results.json"))
+  res_part = train.train_and_evaluate(_wa_config(), part)  # resumes from step 16
   return full, res_full, part, res_part
 
 
