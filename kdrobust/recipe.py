@@ -442,7 +442,8 @@ def recipe_card(config) -> str:
         arch += " " + _num(kw)
       out.append("| " + " | ".join(_cell(x) for x in (
           name, arch, t.get("num_classes", 0) or "(from the teacher)",
-          t.get("dtype", "float32"), t.path or "(none)", t.get("which", "best"))) + " |")
+          _teacher_dtype(t.get("dtype", "float32")), t.path or "(none)",
+          t.get("which", "best"))) + " |")
   else:
     out += ["none"]
   out += [""]
@@ -609,6 +610,13 @@ def main(argv: Sequence[str]) -> int:
 def run():
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # never claim an accelerator for a printout
   sys.exit(main(sys.argv[1:]))
+
+
+def _teacher_dtype(dtype: str) -> str:
+  """``config.teachers.<name>.dtype`` as the run resolves it (kdrobust.teachers.resolve_dtype)."""
+  if dtype == "auto":
+    return "auto: bfloat16 on GPU/TPU (float32 logits), float32 on CPU"
+  return dtype
 
 
 if __name__ == "__main__":

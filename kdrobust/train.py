@@ -321,6 +321,10 @@ def check_ranges(config) -> None:
           list(o.decay_epochs))
   if o.schedule == "table":
     _table_schedule(o.lr, tuple(o.get("lr_epochs", ())), tuple(o.get("lr_factors", ())), 1)
+  if "precision" in config.eval:  # the in-training monitor's (train_step.monitor_precision)
+    from kdrobust.attacks import _precision  # pylint: disable=g-import-not-at-top
+    _need(config.eval.precision in ("auto",) + tuple(_precision.PRECISIONS), "eval.precision",
+          f"one of auto, {', '.join(_precision.PRECISIONS)}", config.eval.precision)
   _need(fin(config.ckpt.every_epochs) and config.ckpt.every_epochs > 0, "ckpt.every_epochs",
         "a finite number > 0", config.ckpt.every_epochs)
   for key in ("eval.every_epochs", "diagnostics.every_epochs"):
@@ -659,7 +663,9 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
                                     batch_size=config.data.batch_size, seed=config.seed,
                                     start_step=start_step, augment=config.data.augment)
   meta_base = {"config": config_dict, "code_version": code_version(),
-               "teachers": [t.source for t in teachers]}
+               "teachers": [t.source for t in teachers],
+               # config.teachers.<name>.dtype 'auto' resolved on this backend
+               "teacher_dtypes": {t.name: t.dtype for t in teachers}}
   eval_every = max(int(config.eval.every_epochs * steps_per_epoch), 1) \
       if config.eval.every_epochs else 0
   ckpt_every = max(int(config.ckpt.every_epochs * steps_per_epoch), 1)
@@ -740,6 +746,7 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
       **({"raw": {k: final["raw"][k] for k in ("clean_accuracy", "robust_accuracy")}}
          if "raw" in final else {}),
       "step": step, "best_step": best_step, "method": method.name,
+      "teacher_dtypes": meta_base["teacher_dtypes"],
       "config": config_dict, "code_version": code_version(),
       **({"diagnostics": last_diag} if last_diag else {}),
       "jax_version": jax.__version__, "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",

@@ -13,6 +13,8 @@
 Runtime: about 40 s on 2 CPU cores (mostly the two tiny end-to-end runs).
 """
 
+import contextlib
+import io
 import os
 import shutil
 
@@ -218,7 +220,10 @@ def runs(tmp_path_factory):
   ck.close()
   shutil.rmtree(os.path.join(part, "checkpoints", "24"))  # killed after step 16's save
   os.remove(os.path.join(part, "results.json"))
-  res_part = train.train_and_evaluate(_wa_config(), part)  # resumes from step 16
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    res_part = train.train_and_evaluate(_wa_config(), part)
+  assert "Resumed from the checkpoint at step 16" in out.getvalue()
   return full, res_full, part, res_part
 
 

@@ -179,8 +179,9 @@ def check_class_order(name: str, tc, info) -> None:
 def check_compatible(name: str, tc, info) -> None:
   """Cheap pre-compute check of teacher ``name`` against the dataset ``info``.
 
-  Number of classes, then class order (:func:`check_class_order`).
+  The compute dtype's name, number of classes, then class order (:func:`check_class_order`).
   """
+  resolve_dtype(tc.get("dtype", "auto"), backend="cpu")  # a name check only
   n = declared_num_classes(tc)
   if n is not None and n != info.num_classes:
     raise TeacherError(
