@@ -412,8 +412,8 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 # ---- Issue 12's methods (methods_next.md; their configs: cifar_saad.py,
 # cifar_cgard.py, cifar_absld.py, cifar_fair_ard.py; B-MTARD runs MTARD's).
 _SAAD_SRC = "[C:saad@295121c:saad.py:39,46,53-86,128-130; attacks.py:139-193; main.sh:1-16]"
-_SAAD_SWA = ("TODO(config.weight_averaging): the paper's SWA (from epoch 95, every epoch, BN "
-             "recalibration) is not applied; the plain student is trained and evaluated")
+_SAAD_SWA = ("SWA of the student from epoch 95 (1-indexed), every epoch, BN statistics "
+             "recalibrated as torch's update_bn (config.weight_averaging)")
 _SAAD_TEACHER = {"cifar10": "gowal21", "cifar100": "bdm"}
 _ABSLD_SRC = "[C:ABSLD@7407c3a:resnet18_absld_cifar10.py:20-21,54,66-72,94-125,173-193]"
 _FAIR = "[C:Fair-ARD@910c8cd:"

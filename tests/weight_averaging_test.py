@@ -272,3 +272,13 @@ def test_bad_config_is_refused_with_the_valid_values():
       wa_lib.check_config(c, num_epochs=3)
   assert wa_lib.start_epoch({"start_epoch": 0.475}, 200) == 95  # SAAD's 95 of 200
   assert wa_lib.start_epoch({"start_epoch": 215}, 300) == 215
+
+
+def test_a_run_used_as_a_teacher_is_its_averaged_model(runs):
+  from kdrobust import teachers as teachers_lib
+  full, *_ = runs
+  raw = _raw(full)
+  t = teachers_lib.load("t", config_lib.teacher_config(full, which="latest"))
+  assert t.source.endswith("(averaged weights)"), t.source
+  _assert_tree_close(t.variables["params"], raw["averaged"]["params"], 0, "teacher = averaged")
+  _assert_tree_close(t.variables["batch_stats"], raw["averaged"]["batch_stats"], 0, "teacher BN")

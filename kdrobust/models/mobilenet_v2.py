@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from kdrobust.models import register
 from kdrobust.models.layers import (Normalize, batch_norm, classifier_head,
-                                    compute_dtype, conv, global_avg_pool)
+                                    compute_dtype, conv, global_avg_pool, stem_dtype)
 
 # (expansion, out_planes, num_blocks, stride) -- stage 2 uses stride 1 for CIFAR.
 CIFAR_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -63,8 +63,9 @@ class MobileNetV2(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     dt = compute_dtype(self.dtype)
-    x = Normalize(self.mean, self.std, dt)(x)
-    x = conv(32, 3, 1, dtype=dt, name="conv1")(x)
+    st = stem_dtype(dt)  # float32 input and first conv for a bf16 model
+    x = Normalize(self.mean, self.std, st)(x)
+    x = conv(32, 3, 1, dtype=st, name="conv1")(x).astype(dt)
     x = nn.relu(batch_norm(train, dt, "bn1")(x))
     idx = 0
     for expansion, out_planes, num_blocks, stride in self.cfg:

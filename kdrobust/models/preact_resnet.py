@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from kdrobust.models import register
 from kdrobust.models.layers import (Normalize, activation_fn, batch_norm,
                                     classifier_head, compute_dtype, conv,
-                                    global_avg_pool)
+                                    global_avg_pool, stem_dtype)
 
 VARIANTS = ("standard", "kuangliu", "wong", "dm")
 
@@ -109,8 +109,9 @@ class PreActResNet(nn.Module):
     act_name = self.activation or ("swish" if dm else "relu")
     act = activation_fn(act_name)
     dt = compute_dtype(self.dtype)
-    x = Normalize(self.mean, self.std, dt)(x)
-    x = conv(self.width, 3, 1, dtype=dt, name="conv_2d" if dm else "conv1")(x)
+    st = stem_dtype(dt)  # float32 input and first conv for a bf16 model
+    x = Normalize(self.mean, self.std, st)(x)
+    x = conv(self.width, 3, 1, dtype=st, name="conv_2d" if dm else "conv1")(x).astype(dt)
     for s, n in enumerate(self.stage_sizes):
       planes = self.width * 2 ** s
       for i in range(n):

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 from kdrobust.models import register
 from kdrobust.models.layers import (Normalize, batch_norm, classifier_head,
-                                    compute_dtype, conv, global_avg_pool)
+                                    compute_dtype, conv, global_avg_pool,
+                                    stem_dtype)
 
 
 class BasicBlock(nn.Module):
@@ -91,12 +92,13 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     dt = compute_dtype(self.dtype)
     block_cls = _BLOCKS[self.block]
-    x = Normalize(self.mean, self.std, dt)(x)
+    st = stem_dtype(dt)  # float32 input and first conv for a bf16 model
+    x = Normalize(self.mean, self.std, st)(x)
     if self.stem == "cifar":
-      x = conv(self.width, 3, 1, dtype=dt, name="conv1")(x)
+      x = conv(self.width, 3, 1, dtype=st, name="conv1")(x).astype(dt)
       x = nn.relu(batch_norm(train, dt, "bn1")(x))
     elif self.stem == "imagenet":
-      x = conv(self.width, 7, 2, padding=3, dtype=dt, name="conv1")(x)
+      x = conv(self.width, 7, 2, padding=3, dtype=st, name="conv1")(x).astype(dt)
       x = nn.relu(batch_norm(train, dt, "bn1")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from kdrobust.models import register
 from kdrobust.models.layers import (BatchNorm, Normalize, classifier_head,
-                                    compute_dtype)
+                                    compute_dtype, stem_dtype)
 
 
 class SmallCNN(nn.Module):
@@ -24,10 +24,11 @@ class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     dt = compute_dtype(self.dtype)
-    x = Normalize(self.mean, self.std, dt)(x)
+    x = Normalize(self.mean, self.std, stem_dtype(dt))(x)  # float32 stem for a bf16 model
     for i, w in enumerate(self.widths):
       x = nn.Conv(w, (3, 3), strides=1 if i == 0 else 2,
-                  padding=((1, 1), (1, 1)), use_bias=False, dtype=dt)(x)
+                  padding=((1, 1), (1, 1)), use_bias=False,
+                  dtype=stem_dtype(dt) if i == 0 else dt)(x).astype(dt)
       x = BatchNorm(use_running_average=not train, momentum=0.9,
                     epsilon=1e-5, dtype=dt)(x)
       x = nn.relu(x)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from kdrobust.models import register
-from kdrobust.models.layers import Normalize, classifier_head, compute_dtype
+from kdrobust.models.layers import Normalize, classifier_head, compute_dtype, stem_dtype
 
 
 class EncoderBlock(nn.Module):
@@ -84,10 +84,10 @@ class ViT(nn.Module):
                        f"got {x.shape[1]}x{x.shape[2]} (resize_inputs=True resizes them).")
     if self.image_size % self.patch_size:
       raise ValueError("image_size must be a multiple of patch_size.")
-    x = Normalize(self.mean, self.std, dt)(x)
+    x = Normalize(self.mean, self.std, stem_dtype(dt))(x)  # float32 stem for a bf16 model
     p = self.patch_size
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=dt,
-                name="patch_embed")(x)
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=stem_dtype(dt),
+                name="patch_embed")(x).astype(dt)
     b, h, w, c = x.shape
     x = x.reshape(b, h * w, c)
     cls = self.param("cls_token", nn.initializers.zeros, (1, 1, c), jnp.float32)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from kdrobust.models import register
 from kdrobust.models.layers import (Normalize, activation_fn, batch_norm,
                                     classifier_head, compute_dtype, conv,
-                                    global_avg_pool)
+                                    global_avg_pool, stem_dtype)
 
 VARIANTS = ("standard", "dm")
 
@@ -96,8 +96,9 @@ class WideResNet(nn.Module):
     dt = compute_dtype(self.dtype)
     n = (self.depth - 4) // 6
     widths = (16 * self.width, 32 * self.width, 64 * self.width)
-    x = Normalize(self.mean, self.std, dt)(x)
-    x = conv(16, 3, 1, dtype=dt, name="init_conv" if dm else "conv1")(x)
+    st = stem_dtype(dt)  # float32 input and first conv for a bf16 model
+    x = Normalize(self.mean, self.std, st)(x)
+    x = conv(16, 3, 1, dtype=st, name="init_conv" if dm else "conv1")(x).astype(dt)
     for g, w in enumerate(widths):
       for i in range(n):
         stride = 2 if (g > 0 and i == 0) else 1

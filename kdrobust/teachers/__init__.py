@@ -256,9 +256,11 @@ def _load_run(name: str, tc, dtype: str) -> Teacher:
   model_cfg = mlc.ConfigDict(spec["model"])
   model_cfg.dtype = dtype
   module = train.build_model(model_cfg, spec["num_classes"], spec["dataset"])
-  variables = {"params": raw["params"]}
-  if raw.get("batch_stats"):
-    variables["batch_stats"] = raw["batch_stats"]
+  # The model the run evaluated and ranked: its SWA/EMA average when it took one
+  # (config.weight_averaging), else the student as trained.
+  from kdrobust import weight_averaging as wa_lib  # pylint: disable=g-import-not-at-top
+  variables, used = wa_lib.select_variables(raw, "auto")
   variables = jax.tree.map(jnp.asarray, variables)
   return Teacher(name, module, variables, int(spec["num_classes"]),
-                 f"run:{os.path.abspath(tc.path)}@{step}")
+                 f"run:{os.path.abspath(tc.path)}@{step}"
+                 + (" (averaged weights)" if used == "averaged" else ""))
