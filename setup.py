@@ -36,6 +36,8 @@ setuptools.setup(
         ],
         "tf": ["tensorflow-cpu>=2.16"],
         "plot": ["matplotlib>=3.7"],
+        # What colabs/ and the README's examples import beyond kdrobust: figures and metrics.jsonl tables.
+        "notebooks": ["matplotlib>=3.7", "pandas>=2.0"],
     },
     entry_points={"console_scripts": ["kdrobust=kdrobust.main:run"]},
 )

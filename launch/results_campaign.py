@@ -48,6 +48,7 @@ DISTILL = {
     "saad": ("saad", 0), "absld": ("absld", 0), "b_mtard": ("b_mtard", 0),
     "cgard": ("cgard", 0), "fair_ard": ("fair_ard", 0), "fair_iad": ("fair_iad", 0),
     "fair_rslad": ("fair_rslad", 0), "fair_mtard": ("fair_mtard", 0),
+    "peeraid": ("peeraid", 0),  # no teacher: a peer network trained with the student
 }
 # Extra settings: name -> (method, igdm, {method field: value}). With KDIGA's released
 # default gamma = 0.5 (and its gamma / B^2 normalisation) the alignment term is about
@@ -58,6 +59,8 @@ DISTILL.update({k: v[:2] for k, v in VARIANTS.items()})
 ALL_METHODS = list(REFERENCE) + list(DISTILL)
 # Methods that read the natural teacher as their second one (teacher2=).
 SECOND_TEACHER = ("mtard", "darht", "b_mtard", "fair_mtard")
+# Distillation-style methods that train without a teacher (digits_distill's PEER_METHODS).
+NO_TEACHER = ("peeraid",)
 EVAL_NAME = "campaign"
 DIAG_NAME = "campaign_diag"
 
@@ -118,7 +121,8 @@ def student_spec(dataset: str, root: str, data_dir: str, key: str, seed: int):
     arg = f"method={method}"
     if igdm:
       arg += f",igdm={igdm}"
-    arg += f",teacher={os.path.join(root, 'teacher')}"
+    if method not in NO_TEACHER:
+      arg += f",teacher={os.path.join(root, 'teacher')}"
     if method in SECOND_TEACHER:
       arg += f",teacher2={os.path.join(root, 'natural_teacher')}"
     cfg = "digits_distill.py" if dataset == "digits" else "subset_distill.py"

@@ -81,3 +81,12 @@ def test_reference_rows_build_valid_configs_and_commands(rc, tmp_path, key):
   assert "--config.method.name" not in cli  # renaming keeps PGD-AT's fields: refused
   _, _, t, _, tcli = rc.teacher_spec("digits", str(tmp_path), "", natural=True)
   assert methods_lib.from_config(t.method).name == "natural" and ":method=natural" in tcli
+
+
+def test_teacher_free_methods_get_no_teacher_argument(rc, tmp_path):
+  from kdrobust import methods as methods_lib
+  _, _, c, _, cli = rc.student_spec("digits", str(tmp_path), "", "peeraid", 0)
+  assert methods_lib.from_config(c.method).name == "peeraid"
+  assert "teacher=" not in cli and not list(c.teachers)
+  _, _, c, _, cli = rc.student_spec("digits", str(tmp_path), "", "saad", 0)
+  assert "teacher=" in cli and list(c.teachers)

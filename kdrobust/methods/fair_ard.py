@@ -151,6 +151,16 @@ class _Fair(Method):
         jnp.ones(ctx.y.shape), ctx.y, ctx.mask, c).astype(state["count"].dtype)
     return new
 
+  def _objective(self, ctx):
+    """The inner attack's objective: CE on the label (Fair-ARD, -IAD, -MTARD)."""
+    return ce_objective(ctx.student_inner, ctx.y)
+
+  def perturb(self, ctx):
+    """PGD on :meth:`_objective`; ``aux`` is each example's kappa (:func:`kappa_inner`)."""
+    x_adv, kappa = kappa_inner(self._objective(ctx), ctx.x, ctx.y, ctx.sub_key("attack"),
+                               stateful=ctx.student_inner, **attack_kwargs(self.attack))
+    return Perturbed(x_adv, kappa)
+
   def _w(self, ctx, state) -> Array:
     return sg(state["class_w"][ctx.y])
 
@@ -187,12 +197,6 @@ class FairARD(_Fair):
   temperature: float = 30.0
   alpha: float = 1.0
   reduction: str = "elemmean"
-
-  def perturb(self, ctx):
-    x_adv, kappa = kappa_inner(ce_objective(ctx.student_inner, ctx.y), ctx.x, ctx.y,
-                               ctx.sub_key("attack"), stateful=ctx.student_inner,
-                               **attack_kwargs(self.attack))
-    return Perturbed(x_adv, kappa)
 
   def loss(self, ctx, student, x_adv, state):
     x_adv, kappa = x_adv
@@ -239,12 +243,6 @@ class FairIAD(_Fair):
   alpha: float = 1.0
   beta_iad: float = 0.1
   begin: int = 60
-
-  def perturb(self, ctx):
-    x_adv, kappa = kappa_inner(ce_objective(ctx.student_inner, ctx.y), ctx.x, ctx.y,
-                               ctx.sub_key("attack"), stateful=ctx.student_inner,
-                               **attack_kwargs(self.attack))
-    return Perturbed(x_adv, kappa)
 
   def loss(self, ctx, student, x_adv, state):
     x_adv, kappa = x_adv
@@ -300,12 +298,8 @@ class FairRSLAD(_Fair):
   scale: float = 0.1
   log_eps: float = OFFICIAL_LOG_EPS
 
-  def perturb(self, ctx):
-    t = ctx.teacher(0)(ctx.x)
-    x_adv, kappa = kappa_inner(kl_objective(ctx.student_inner, t), ctx.x, ctx.y,
-                               ctx.sub_key("attack"), stateful=ctx.student_inner,
-                               **attack_kwargs(self.attack))
-    return Perturbed(x_adv, kappa)
+  def _objective(self, ctx):
+    return kl_objective(ctx.student_inner, ctx.teacher(0)(ctx.x))  # RSLAD's KL to T(x)
 
   def loss(self, ctx, student, x_adv, state):
     x_adv, kappa = x_adv
@@ -364,12 +358,6 @@ class FairMTARD(_Fair):
 
   def init_state(self, num_classes):
     return {**fair_init_state(num_classes), **mtard_init_state()}
-
-  def perturb(self, ctx):
-    x_adv, kappa = kappa_inner(ce_objective(ctx.student_inner, ctx.y), ctx.x, ctx.y,
-                               ctx.sub_key("attack"), stateful=ctx.student_inner,
-                               **attack_kwargs(self.attack))
-    return Perturbed(x_adv, kappa)
 
   def loss(self, ctx, student, x_adv, state):
     x_adv, kappa = x_adv
