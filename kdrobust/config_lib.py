@@ -22,7 +22,7 @@ from kdrobust import weight_averaging as wa_lib
 # Keys that may differ when the same workdir is resumed (cadence, length).
 RESUMABLE_KEYS = ("total_steps", "log_every_steps", "ckpt", "eval.every_epochs",
                   "teacher_eval_examples", "diagnostics", "compilation_cache_dir",
-                  "teacher_entropy")
+                  "teacher_entropy", "guard_max_abs")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
@@ -105,6 +105,9 @@ def base_config() -> mlc.ConfigDict:
   c.num_epochs = 1
   c.total_steps = 0  # > 0 cuts the run to this many steps (schedules keep num_epochs)
   c.log_every_steps = 50
+  # NaN guard: stop when a parameter or BN statistic exceeds this in magnitude (a diverged
+  # update whose loss is still finite); docs/reliability.md.
+  c.guard_max_abs = 1e6
   c.num_devices = 0  # 0 = every device
   c.data = mlc.ConfigDict({
       "name": "digits", "data_dir": "", "batch_size": 128,

@@ -309,6 +309,9 @@ def check_ranges(config) -> None:
     _need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, key,
           f"an integer >= {lo}", v)
   o = config.optim
+  if "guard_max_abs" in config:
+    _need(fin(config.guard_max_abs) and config.guard_max_abs > 0, "guard_max_abs",
+          "a finite number > 0", config.guard_max_abs)
   for key in ("lr", "weight_decay", "decay_factor", "warmup_epochs"):
     if key in o:
       _need(fin(o[key]) and o[key] >= 0, f"optim.{key}", "a finite number >= 0", o[key])
@@ -686,7 +689,8 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
       # An evaluated state is always checkpointed: its accuracy labels that checkpoint.
       is_ckpt = step % ckpt_every == 0 or step == total_steps or preempt.requested or is_eval
       if is_log or is_epoch_end or is_ckpt:
-        _check_finite(state, step, ckpt)  # before anything is saved
+        _check_finite(state, step, ckpt,  # before anything is saved
+                      config.get("guard_max_abs", BLOWUP_THRESHOLD))
       if is_log:
         m = jax.device_get(metrics)
         m["steps_per_sec"] = (step - s0) / max(time.time() - t0, 1e-9)
@@ -786,13 +790,15 @@ def _max_abs(tree) -> jax.Array:
   return jnp.max(jnp.stack(leaves)) if leaves else jnp.float32(0)
 
 
-def _check_finite(state: TrainState, step: int, ckpt) -> None:
+def _check_finite(state: TrainState, step: int, ckpt,
+                  threshold: float = BLOWUP_THRESHOLD) -> None:
   """The NaN guard, run at log steps, epoch ends and before every checkpoint.
 
   Stops the run if an update was rejected (loss or gradients NaN/Inf,
   ``state.nonfinite``) or if a parameter or BN statistic (of the student or
   of an extra trainable network, ``state.extra``) is no longer finite
-  or exceeds :data:`BLOWUP_THRESHOLD` in magnitude (an update that diverged
+  or exceeds ``threshold`` (``config.guard_max_abs``, default
+  :data:`BLOWUP_THRESHOLD`) in magnitude (an update that diverged
   while the loss was still finite). Passing marks every earlier checkpoint
   "good" (training continued finitely from it); the message names the last
   good one, or says there is none.
@@ -802,7 +808,7 @@ def _check_finite(state: TrainState, step: int, ckpt) -> None:
            for n, e in (getattr(state, "extra", None) or {}).items()}
   size = float(jax.device_get(_max_abs({"params": state.params,
                                         "batch_stats": state.batch_stats, "extra": extra})))
-  if rejected == 0 and size <= BLOWUP_THRESHOLD:  # NaN compares False: caught here
+  if rejected == 0 and size <= threshold:  # NaN compares False: caught here
     ckpt.mark_healthy(step)
     return
   ckpt.close()
@@ -811,7 +817,8 @@ def _check_finite(state: TrainState, step: int, ckpt) -> None:
              "was not applied)")
   else:
     cause = (f"the parameters or BN statistics diverged before step {step} (max |value| "
-             f"{size:.3g}, threshold {BLOWUP_THRESHOLD:.0e})")
+             f"{size:.3g} > config.guard_max_abs = {threshold:.0e}; raise it if such values "
+             "are legitimate for this model)")
   good = ckpt.good_steps()
   if good:
     where = (f"The last good checkpoint (step {good[-1]}, from which training continued "

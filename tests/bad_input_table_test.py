@@ -127,6 +127,8 @@ CASES = [
     ("main/num_epochs_0", "main", M + ["--config.num_epochs=0"], "config.num_epochs must be"),
     ("main/total_steps_negative", "main", M + ["--config.total_steps=-1"], "config.total_steps"),
     ("main/batch_size_0", "main", M + ["--config.data.batch_size=0"], "config.data.batch_size"),
+    ("main/guard_max_abs_0", "main", M + ["--config.guard_max_abs=0.0"],
+     "config.guard_max_abs must be a finite number > 0"),
     ("main/eval_precision_unknown", "main", M + ["--config.eval.precision=fp8"],
      "config.eval.precision must be one of auto"),
     ("main/teacher_dtype_unknown", "main",

@@ -403,3 +403,33 @@ def test_quickstart_rerun_reuses_finished_evaluations(ref, tmp_path, monkeypatch
   assert quickstart.main(["--workdir", root]) == 0
   summary = fileio.read_json(os.path.join(root, "summary.json"))
   assert summary["teacher"]["autoattack"] == 0.2 and summary["student"]["pgd20"] == 0.25
+
+
+def test_guard_threshold_is_the_config_value():
+  """``config.guard_max_abs`` sets the blow-up threshold: 1e3 stops a state that 1e6 passes."""
+  import types
+  import jax.numpy as jnp
+
+  class FakeCkpt:
+    directory = "/nowhere"
+    healthy = []
+
+    def mark_healthy(self, step):
+      self.healthy.append(step)
+
+    def close(self):
+      pass
+
+    def good_steps(self):
+      return []
+
+    def intact_steps(self):
+      return []
+
+  state = types.SimpleNamespace(nonfinite=jnp.int32(0), params={"w": jnp.full((2,), 5e3)},
+                                batch_stats={}, extra=None)
+  ck = FakeCkpt()
+  train._check_finite(state, 7, ck, threshold=1e6)
+  assert ck.healthy == [7]
+  with pytest.raises(train.NonFiniteLossError, match=r"config.guard_max_abs = 1e\+03"):
+    train._check_finite(state, 8, ck, threshold=1e3)
