@@ -11,7 +11,7 @@ TFDS directory ``~/tensorflow_datasets``):
 Args: ``protocol=official|igdm``, ``arch=<kdrobust.models name>`` (default
 ``resnet18``), ``epochs=<int>`` (default: the protocol's).
 
-* ``protocol=official`` (default; methods.md sections 2, 3.2, E11): AdaAD's
+* ``protocol=official`` (default; docs/fidelity.md, PGD-AT and erratum E11): AdaAD's
   ``Plain_Madry`` as it runs (boyellow/AdaAD main.py with its README's
   command): SGD lr 0.1, momentum 0.9, coupled weight decay 5e-4, batch 128,
   110 epochs, lr x0.1 at epochs 100 and 105 (0-indexed); inner PGD-10, eps

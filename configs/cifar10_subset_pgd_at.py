@@ -3,7 +3,7 @@
 Prepare it once (offline):
 
     python -m kdrobust.data.prepare cifar10 \
-        --source ../shared/data/cifar10-subset/cifar-10-python-subset.tar.gz \
+        --source cifar-10-python-subset.tar.gz \
         --data_dir data/cifar10_subset
 
 then

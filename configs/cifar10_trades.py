@@ -9,7 +9,7 @@ Args: ``protocol=official|igdm``, ``arch=<kdrobust.models name>`` (default
 ``resnet18``; the official script trains a WRN-34-10), ``epochs=<int>``
 (default: the protocol's).
 
-* ``protocol=official`` (default; methods.md sections 2, 3.3, E8):
+* ``protocol=official`` (default; docs/fidelity.md, TRADES and erratum E8):
   yaodongyu/TRADES train_trades_cifar10.py as it runs: SGD lr 0.1, momentum
   0.9, weight decay 2e-4, batch 128, 76 epochs; its adjust_learning_rate runs
   on 1-indexed epochs, so lr 0.01 from 1-indexed epoch 75 = 0-indexed 74

@@ -10,7 +10,7 @@ Args: ``protocol=kdrobust|official``, ``student=resnet18|mobilenet_v2``,
 the file name of the TRADES WRN-34-10 release that RSLAD also uses, so the
 teacher is inferred; any adversarial CIFAR-10 teacher of
 ``paper_settings.TEACHERS`` is accepted), ``teacher_path=``. CIFAR-10 only:
-the authors released no CIFAR-100 script (methods_next.md section 2).
+the authors released no CIFAR-100 script (docs/fidelity.md, ABSLD).
 
 Recipe (zhaoshiji123/ABSLD@7407c3a resnet18_absld_cifar10.py): 300 epochs,
 batch 128, SGD lr 0.1, momentum 0.9, weight decay 2e-4, no Nesterov, lr x0.1
@@ -34,7 +34,7 @@ Evaluation: the code's monitor is PGD-20 with step 0.003 on a class-sorted
 test set, reporting the average and the worst-class robust accuracy; here
 the base config's PGD-20 every 5 epochs (use ``kdrobust.evaluate`` for AA).
 
-Targets: none. methods_next.md section 9 found no ABSLD number (the paper
+Targets: none. No ABSLD number was found (the paper
 body was not readable); compare with RSLAD (configs/cifar_rslad.py
 ``protocol=official``), same teacher and recipe.
 """

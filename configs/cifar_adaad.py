@@ -20,11 +20,11 @@ dir>``. Defaults: IGDM protocol, AdaAD, CIFAR-10, ResNet-18, no IGDM, radius
 8. Teacher files: ``paper_settings.TEACHERS`` (RobustBench's
 ``teachers/<dataset>/Linf/<id>.pt``; needs torch) or ``teacher_path``.
 
-Inner (methods.md 5): x' = argmax KL(p_T(x') || p_S(x')) through BOTH
+Inner (docs/fidelity.md, AdaAD): x' = argmax KL(p_T(x') || p_S(x')) through BOTH
 networks, 10 steps of 2/255 in the 8/255 ball from x + 0.001 N(0, I), student
 in eval mode (``radius=16``: 4/255 in the 16/255 ball, the README's "larger
 search radius"; CHOICE, UNCONFIRMED: our best guess at the setting of the
-abstract's 54.23% AA, methods.md 5.5). 200 epochs, lr 0.1 x0.1 at 100 and
+abstract's 54.23% AA, docs/fidelity.md, AdaAD). 200 epochs, lr 0.1 x0.1 at 100 and
 150, batch 128.
 
 * AdaAD: KL(p_T(x') || p_S(x')) (lambda = 1, no clean term).
@@ -35,7 +35,7 @@ abstract's 54.23% AA, methods.md 5.5). 200 epochs, lr 0.1 x0.1 at 100 and
   command does not override (the paper's value is unknown).
 * ``protocol=igdm`` (default; the numbers below), as IGDM's code runs it
   (ICLR_IGDM/adaad_cifar100.py, adaad_IGDM_cifar100.py): AdaAD's KL
-  ``batchmean`` on both datasets (methods.md E4: the IGDM lab's code, also on
+  ``batchmean`` on both datasets (docs/fidelity.md erratum E4: the IGDM lab's code, also on
   CIFAR-10); weight decay 5e-4 without IGDM (hard-coded in adaad_cifar100.py)
   and 2e-4 with it (args.wd; the paper text says 5e-4 for both, E3).
 * ``protocol=official``: boyellow/AdaAD main.py: AdaAD's KL ``elemmean`` on
@@ -56,7 +56,7 @@ model).
 
 Targets (IGDM Tab. 2, 3, 7, 10-13; Clean / FGSM / PGD-20 / C&W / AA, ``-`` =
 not reported). The AdaAD-paper rows are the paper's own protocol (quoted in
-IGDM Tab. 7); methods.md 10.2: whether its tables used PGD-20 and C&W-inf is
+IGDM Tab. 7); whether its tables used PGD-20 and C&W-inf is
 UNCONFIRMED.
 
 """

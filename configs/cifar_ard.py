@@ -18,14 +18,14 @@ TRADES WRN-34-10 on CIFAR-10, LTD on CIFAR-100).
 Teacher files: ``paper_settings.TEACHERS`` (RobustBench's
 ``teachers/<dataset>/Linf/<id>.pt``; needs torch) or ``teacher_path``.
 
-Loss (methods.md 3.4): inner x' = PGD(CE(S(.), y)), 10 steps in the 8/255
+Loss (docs/fidelity.md, ARD): inner x' = PGD(CE(S(.), y)), 10 steps in the 8/255
 ball; outer alpha tau^2 KL(p_T^tau(x) || p_S^tau(x')) + (1 - alpha) CE(S(x), y),
 the teacher on the CLEAN x, alpha = 1 (the CE term is off).
 
 * ``protocol=igdm`` (default; the numbers below): IGDM's re-run as its code
   runs it (ICLR_IGDM/ard_cifar100.py, ard_IGDM_cifar100.py): tau = 1,
   alpha = 1, KL ``batchmean``; 200 epochs, lr 0.1 x0.1 at 100 and 150, batch
-  128, weight decay 2e-4 (the paper text: 5e-4; methods.md E3); inner step
+  128, weight decay 2e-4 (the paper text: 5e-4; docs/fidelity.md erratum E3); inner step
   2/225, the default of the code's attacks.PGD (the paper text: 2/255), from
   clip(x + U[-eps, eps]), student in eval mode; the outer forwards run S(x)
   then S(x') (``forward_order='clean_first'``, ard_cifar100.py:135-136).
@@ -39,7 +39,7 @@ the teacher on the CLEAN x, alpha = 1 (the CE term is off).
   (``init='uniform_unclipped'``), step 2/255; student MobileNetV2 (the code's
   default) and the TRADES WRN-34-10 teacher of ARD's README (E5; CIFAR-100:
   no teacher named, CHOICE LTD). The ARD paper's text was not readable
-  (methods.md): nothing to compare the code with.
+  (the paper's text was not readable): nothing to compare the code with.
 
 With ``igdm=1``: + alpha_IGDM (t / E) KL_batchmean(softmax(T(x+d) - T(x-d)) ||
 softmax(S(x+d) - S(x-d))), d = x' - x, alpha_IGDM from IGDM App. B.2 (e.g. 5 for

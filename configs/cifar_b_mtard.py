@@ -8,7 +8,7 @@ Args, teachers and recipe: exactly configs/cifar_mtard.py's (``protocol=official
 ``dataset``, ``student``, ``teacher``, ``natural``, ``teacher_path``,
 ``natural_path``; teacher 0 = adversarial, teacher 1 = natural): B-MTARD's
 script keeps MTARD's inner attack, reduction, 300 epochs, SGD 0.1 / 0.9 /
-2e-4 and decays after 215/260/285 (methods_next.md 4.4;
+2e-4 and decays after 215/260/285 (docs/fidelity.md, B-MTARD;
 zhaoshiji123/MTARD-extension@93506d6 resnet18_mtard_cifar10.py:11-19,45,234-238).
 
 The released script does not run (it imports modules and calls a
@@ -28,7 +28,7 @@ MTARD (b = 1, step 0.025) before the backward pass; both steps x0.1 after
 215/260/285. Evaluation while training: PGD-20 at 8/255 every 5 epochs (the
 code: step 0.003, best checkpoint by (clean + PGD) / 2).
 
-Targets (methods_next.md section 9, a third-party compilation quoting
+Targets (paper_settings.TARGETS, a third-party compilation quoting
 B-MTARD Tab. 3, UNCONFIRMED; robust teachers WRN-34-10 (``trades``) and
 WRN-70-16 (``gowal70``); Clean / FGSM / PGD-20 / C&W / AA, the PGD-20 column
 holding its PGD_SAT and the source its PGD_TRADES; paper_settings.TARGETS):

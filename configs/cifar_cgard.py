@@ -11,7 +11,7 @@ Args: ``protocol=paper`` (the only one: no code was released),
 
 Teacher: the paper's is a WRN-34-10 trained with Squeeze Training (ST;
 84.75 clean / 54.33 AA on CIFAR-10, 59.40 / 29.19 on CIFAR-100 [P:CGARD
-Tab.1]), not publicly released as far as methods_next.md knows. CHOICE: LTD
+Tab.1]), not publicly released as far as we know. CHOICE: LTD
 WRN-34-10 (Chen2021LTD_WRN34_10, 85.21 / 56.94 and 64.07 / 30.59 on
 RobustBench), the closest public WRN-34-10 in strength; pass
 ``teacher_path=`` for an ST checkpoint (TRADES-layout WideResNet).
@@ -28,7 +28,7 @@ KL(p_T(x_S') || p_S(x_S')) (batchmean: UNCONFIRMED). Evaluation while
 training: PGD-20 at 8/255 every 5 epochs.
 
 All the paper's baselines are the authors' own reproductions with the ST
-teacher (methods_next.md section 9 lists them).
+teacher (paper_settings.TARGETS lists them).
 
 Targets [P:CGARD Tab.1] (teacher ``st`` = the ST WRN-34-10; Clean / FGSM /
 PGD-20 / C&W / AA, ``-`` = not reported; paper_settings.TARGETS):

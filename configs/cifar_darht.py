@@ -18,7 +18,7 @@ Teachers (slot k of the student's head imitates teacher k; names ``t<k>_<key>``
 keep that order, because ``config.teachers`` iterates in sorted order):
 
 * ``teachers=paper`` (CIFAR-100 only; the released DARHT_CIFAR_100_stateful_MWU.py,
-  methods.md 7.4): t0 = gowal70, RobustBench Gowal2020Uncovering (WRN-70-16
+  docs/fidelity.md, DARHT): t0 = gowal70, RobustBench Gowal2020Uncovering (WRN-70-16
   without extra data, the code's ``cifar100_linf_wrn70-16_without.pt``),
   ``teachers/cifar100/Linf/Gowal2020Uncovering.pt``; t1..t3 = ViT-B/16 FAT
   (K = 10, tau = 0), ViT-B/16 FAT (tau = 1), ViT-B/32 FAT (tau = 0) on 224x224
@@ -41,11 +41,11 @@ keep that order, because ``config.teachers`` iterates in sorted order):
   in architecture and training algorithm, CIFAR-100: gowal70 + ltd + bdm + ikl;
   CIFAR-10: trades + ltd + bdm + ikl.
 
-Recipe (methods.md 7.2-7.3, bayesomicslab/DARHT@5c0a1ff) as the code runs:
+Recipe (docs/fidelity.md, DARHT; bayesomicslab/DARHT@5c0a1ff) as the code runs:
 SGD momentum 0.9, weight decay 5e-4, batch 256, 350 epochs (the code's
 argparse default; CHOICE: the run length behind the paper is UNCONFIRMED).
 The code builds MultiStepLR([115, 160, 185], x0.1) and a one-epoch warm-up;
-as it runs (methods.md E9, checked against torch's schedulers in
+as it runs (docs/fidelity.md erratum E9, checked against torch's schedulers in
 tests/schedules_test.py), the never-stepped warm-up scheduler's constructor
 sets the lr to 0, and ``MultiStepLR.step(epoch)`` is called only after epochs
 e > 1 and sets the lr of epoch e + 1, so (0-indexed epochs) lr 0 for 0-2,
@@ -61,12 +61,12 @@ w_k = exp(-meanCE(t_k(x~), y)) (unnormalised, every batch); batches with
 CE > 8 are skipped. ``--config.method.kd_loss=mse`` is the code's MSE option
 (PyTorch ``MSELoss()`` on the logits). MC dropout: CHOICE, not implemented,
 because it is not in the released code and its role is UNCONFIRMED
-(methods.md 7); nothing here guesses it. Evaluation while training: PGD-20 at 8/255
+(docs/fidelity.md, DARHT); nothing here guesses it. Evaluation while training: PGD-20 at 8/255
 on the full test set every 5 epochs (the code: 1000 random test images at
 eps 0.031, best checkpoint by PGD-20 there).
 
 Targets: none. The paper reports only relative gains of "weighted robust
-accuracy" (methods.md 7.5: +3.66 pp Auto-PGD, +4.76 pp Square on CIFAR-100,
+accuracy" (docs/fidelity.md, DARHT: +3.66 pp Auto-PGD, +4.76 pp Square on CIFAR-100,
 +3.26 / +5.23 pp on CIFAR-10 over competing distillation methods); no
 absolute number could be confirmed.
 """

@@ -28,7 +28,7 @@ weight decay 2e-4, batch 128, lr 0.1, crop + flip, raw [0, 1] pixels):
 
 * fair_ard (Fair-ARD.py), fair_iad (Fair-IAD.py): 200 epochs; the code's
   ``adjust_learning_rate`` decays a local copy of the base lr, so the lr is
-  0.1 for epochs 0-99 and 0.01 for 100-199 (methods.md E1); the attack runs
+  0.1 for epochs 0-99 and 0.01 for 100-199 (docs/fidelity.md erratum E1); the attack runs
   the student in train mode from an unclipped uniform start (E2, A8);
   Fair-ARD tau = 30, alpha = 1, nn.KLDivLoss() per sample (elemmean);
   Fair-IAD tau = 1, beta_IAD = 0.1, begin = 60.
@@ -46,7 +46,7 @@ Protocols (they differ only where the code and the paper's description do):
   class mean of kappa divides by N / C (``kappa_mean='balanced'``; the same
   on CIFAR-10's balanced classes).
 
-Targets (methods_next.md section 9, from the abstract only): no absolute
+Targets (paper_settings.TARGETS, from the abstract only): no absolute
 number. Fair-ARD reports worst-class AutoAttack robustness up to +12.3 pp over
 state-of-the-art ARD methods and +5.3 pp over robust-fairness methods, with
 "slightly" better average robustness; compare against configs/cifar_ard.py,

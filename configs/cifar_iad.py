@@ -23,13 +23,13 @@ Defaults: IAD-I, IGDM protocol, CIFAR-10, ResNet-18, LTD, no IGDM.
 Teacher files: ``paper_settings.TEACHERS`` (RobustBench's
 ``teachers/<dataset>/Linf/<id>.pt``; needs torch) or ``teacher_path``.
 
-Loss (methods.md 3.5, ZFancy/IAD IAD-I.py): ARD's inner attack (CE PGD, 10
+Loss (docs/fidelity.md, IAD-I; ZFancy/IAD IAD-I.py): ARD's inner attack (CE PGD, 10
 steps of 2/255 in the 8/255 ball); w_i = p_T(y_i | x'_i)^0.1 (constant), and
 alpha tau^2 KL(p_T^tau(x) || p_S^tau(x')) + [epoch > 60] alpha (1/B) sum_i
 (1 - w_i) KL(p_S(x_i) || p_S(x'_i)) + (1 - alpha) CE(S(x), y) with alpha = 1,
 tau = 1, ``batchmean``, begin = 60 (the second term from the 61st epoch).
-CHOICE: IGDM's "IAD" baseline is IAD-I (UNCONFIRMED in methods.md, implied by
-its student-only inner attack). ``method=iad2``: IAD-II.py (methods.md 3.5,
+CHOICE: IGDM's "IAD" baseline is IAD-I (UNCONFIRMED, implied by
+its student-only inner attack). ``method=iad2``: IAD-II.py (docs/fidelity.md, IAD-II;
 the ``iad2`` method: an adversarial and a natural teacher on x', AKD-style,
 begin = 40), run with IAD-I's official recipe below (its code's natural
 teacher is an in-house ResNet-18 trained by pre_train/ST.py: CHOICE a
@@ -37,7 +37,7 @@ kdrobust natural ResNet-18).
 
 * ``protocol=igdm`` (default; the numbers below): 200 epochs, lr 0.1 x0.1 at
   100 and 150, batch 128, weight decay 2e-4 (IGDM's code, args.py; the paper
-  text: 5e-4, methods.md E3; IGDM's code snapshot has no IAD script), attack
+  text: 5e-4, docs/fidelity.md erratum E3; IGDM's code snapshot has no IAD script), attack
   from clip(x + U[-eps, eps]) with the student in eval mode.
 * ``protocol=official``: IAD-I.py as it runs: lr 0.1 for epochs 0-99, then
   0.01 to 199 (its lr_schedule [100, 150] rebinds a local copy: E1), weight
@@ -46,7 +46,7 @@ kdrobust natural ResNet-18).
   code's extra train-mode forward S(x') (E10) is the IAD method's. Teacher:
   the code's default is an in-house PGD-AT ResNet-18 (IAD's pre_train/AT.py,
   no released checkpoint): CHOICE LTD WRN-34-10, or ``teacher_path``. The
-  IAD paper's text was not readable (methods.md).
+  IAD paper's text was not readable.
 
 With ``igdm=1``: + alpha_IGDM (t / E) KL_batchmean(softmax(T(x+d) - T(x-d)) ||
 softmax(S(x+d) - S(x-d))), d = x' - x, alpha_IGDM from IGDM App. B.2 (e.g. 50

@@ -19,10 +19,10 @@ ltd = Chen2021LTD_WRN34_10, bdm = Wang2023Better_WRN-28-10, ikl =
 Cui2023Decoupled_WRN-28-10. ``--config.teachers.teacher.dtype=bfloat16`` is
 faster.
 
-Recipe (methods.md sections 2, 3.2, 3.3, 6; IGDM App. B.1-B.2; IGDM's code
+Recipe (docs/fidelity.md, IGDM; IGDM App. B.1-B.2; IGDM's code
 snapshot has no PGD-AT or TRADES script): SGD lr 0.1, momentum 0.9, batch
 128, 200 epochs, lr x0.1 at 100 and 150, weight decay 2e-4 (the code's
-args.py default; the paper text: 5e-4, methods.md E3); pad-4 crop + flip;
+args.py default; the paper text: 5e-4, docs/fidelity.md erratum E3); pad-4 crop + flip;
 raw [0, 1] pixels; students from PyTorch's default initialisation
 (``model.init='torch'``, E12). Inner attack: 10 steps of 2/255 in the
 eps = 8/255 ball, student in eval mode; PGD-AT maximises CE(S(x'), y) from

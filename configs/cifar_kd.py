@@ -14,11 +14,11 @@ TRADES WRN-34-10 teacher, CIFAR-10. Teacher files:
 needs torch) or ``teacher_path``. CHOICE, UNCONFIRMED: the CIFAR-100 default
 teacher (LTD WRN-34-10), as in configs/cifar_kdiga.py.
 
-Recipe (methods.md 3.1; RulinShao/AdversariallyRobustDistillation@12e774f
+Recipe (docs/fidelity.md, KD; RulinShao/AdversariallyRobustDistillation@12e774f
 main.py ``distill_method='kd'``, the baseline next to KDIGA), as the code
 runs: SGD momentum 0.9, weight decay 2e-4, 200 epochs, lr 0.1 for epochs
 0-99 and 0.01 from 100 to 199 (the code's lr_schedule [100, 150] rebinds a
-local copy, so the "decay at 150" sets 0.01 again: methods.md E1), batch 128
+local copy, so the "decay at 150" sets 0.01 again: docs/fidelity.md erratum E1), batch 128
 (CIFAR-10) / 256 (CIFAR-100), pad-4 crop + flip, raw [0, 1] pixels, the
 student from PyTorch's default initialisation (``model.init='torch'``, E12).
 Loss on clean inputs only (one train-mode forward):
@@ -27,7 +27,7 @@ alpha = 0.5, tau = 1 (the CIFAR KD literature often uses tau = 4, not from our
 sources: ``temperature=4``). Evaluation while training: PGD-20 at 8/255 every
 5 epochs (expect little robustness: KD on clean inputs transfers little).
 
-Targets: none in methods.md (KDIGA's tables are UNCONFIRMED).
+Targets: none (KDIGA's tables are UNCONFIRMED).
 """
 
 from __future__ import annotations

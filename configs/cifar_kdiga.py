@@ -17,14 +17,14 @@ WRN-34-10 teacher, CIFAR-10. Teacher files: ``paper_settings.TEACHERS``
 (RobustBench's ``teachers/<dataset>/Linf/<id>.pt``; needs torch) or
 ``teacher_path``; trades = Zhang2019Theoretically (the TRADES release
 ``model_cifar_wrn.pt`` the code loads from ``../checkpoint/trades/``).
-CHOICE, UNCONFIRMED: the code's CIFAR-100 teacher is not recorded in
-methods.md; we use LTD WRN-34-10 (Chen2021LTD_WRN34_10), the same
+CHOICE, UNCONFIRMED: the code's CIFAR-100 teacher is not recorded
+there; we use LTD WRN-34-10 (Chen2021LTD_WRN34_10), the same
 architecture and input convention.
 
-Recipe (methods.md 4, RulinShao/AdversariallyRobustDistillation@12e774f
+Recipe (docs/fidelity.md, KDIGA; RulinShao/AdversariallyRobustDistillation@12e774f
 main.py) as the code runs: SGD momentum 0.9, weight decay 2e-4, 200 epochs,
 lr 0.1 for epochs 0-99 and 0.01 from 100 to 199 (its lr_schedule [100, 150]
-rebinds a local copy: the "decay at 150" sets 0.01 again, methods.md E1),
+rebinds a local copy: the "decay at 150" sets 0.01 again, docs/fidelity.md erratum E1),
 batch 128 (CIFAR-10) / 256 (CIFAR-100), pad-4 crop + flip, raw [0, 1] pixels,
 the student from PyTorch's default initialisation (``model.init='torch'``,
 E12). Loss, all at the clean x:
@@ -47,7 +47,7 @@ training: PGD-20 (step 2/255) at 8/255 every 5 epochs (the KDIGA code
 evaluates PGD-20 with step 2 eps / 20 and AutoAttack on the first 1000 test
 images: ``python -m kdrobust.evaluate --num_examples 1000``).
 
-Targets: none. All KDIGA numbers are UNCONFIRMED (methods.md 4.3, 9.5: the
+Targets: none. All KDIGA numbers are UNCONFIRMED (the
 paper body was not readable).
 """
 

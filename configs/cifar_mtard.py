@@ -26,7 +26,7 @@ Teachers, in this order (``config.teachers``: 0 = adversarial, 1 = natural):
   ``teacher_path``. trades = Zhang2019Theoretically (the TRADES release
   WRN-34-10), gowal70 = Gowal2020Uncovering (DeepMind WRN-70-16 without extra
   data).
-* ``natural``: ``natural=mtard`` (CIFAR-10 default, methods.md E6): the
+* ``natural``: ``natural=mtard`` (CIFAR-10 default, docs/fidelity.md erratum E6): the
   authors' clean-trained WRN-34-10 that MTARD's README links (loaded as the
   code's ``wideresnet()``), downloaded to
   ``teachers/cifar10/mtard_natural_wrn34_10.pt`` or given as ``natural_path``
@@ -39,7 +39,7 @@ Teachers, in this order (``config.teachers``: 0 = adversarial, 1 = natural):
   trained WRN-28-10 ``Standard`` (94.78% clean),
   ``teachers/cifar10/Linf/Standard.pt``.
 
-Recipe (methods.md 3.7, zhaoshiji123/MTARD mtard_loss.py,
+Recipe (docs/fidelity.md, MTARD; zhaoshiji123/MTARD mtard_loss.py,
 mtard_resnet18_cifar10/100.py): SGD lr 0.1, momentum 0.9, weight decay 2e-4,
 batch 128, 300 epochs, lr x0.1 at 215, 260, 285; pad-4 crop + flip; raw
 [0, 1] pixels; the student from PyTorch's default initialisation
@@ -52,7 +52,7 @@ r_n)), r = (L / L_first_batch)^1, w_adv = 1 - w_nat, with the weight step 0.025
 decayed x0.1 together with the lr (at 215, 260, 285). Evaluation while
 training: PGD-20 at 8/255 on the test set every 5 epochs.
 
-Targets: none. methods.md section 9 has no MTARD numbers (the MTARD paper body
+Targets: none. paper_settings.TARGETS has no MTARD numbers (the MTARD paper body
 was not readable); compare with RSLAD (configs/cifar_rslad.py
 ``protocol=official``), which uses the same adversarial teachers.
 """

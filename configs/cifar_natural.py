@@ -10,7 +10,7 @@ Args: ``protocol=kdrobust`` (the only one: our choice),
 and configs/cifar_iad.py read ``runs/<dataset>_natural_<arch>`` by default, so
 keep that workdir name.
 
-Recipe: CHOICE (no paper in methods.md gives MTARD's natural-teacher
+Recipe: CHOICE (no paper gives MTARD's natural-teacher
 training): the standard CIFAR recipe, SGD lr 0.1, momentum 0.9, weight decay
 5e-4, batch 128, 200 epochs, lr x0.1 at 100 and 150, pad-4 crop + flip, cross
 entropy on clean inputs, raw [0, 1] pixels (``model.normalize = False``, as

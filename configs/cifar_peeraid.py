@@ -17,7 +17,7 @@ copies of the student's (the README runs both with lr 0.1, momentum 0.9,
 weight decay 2e-4 and the same schedule); ``student=`` sets both, a command
 line override of ``config.model`` / ``config.optim`` changes the student only.
 
-Step (methods_next.md section 5, jaewonalive/PeerAiD@cd12e92 main.py:333-404,
+Step (docs/fidelity.md, PeerAiD; jaewonalive/PeerAiD@cd12e92 main.py:333-404,
 attack_function.py:59-84; kdrobust.methods.peeraid): p0 = P_eval(x);
 x' = PGD(sum KL(softmax(p0) || softmax(S_eval(u))), x; 8/255, 2/255, 10) from
 x + 0.001 N(0, I); L_peer = g1 CE(P(x'), y) + g2 tr^2 KL(S(x')/tr || P(x')/tr)
@@ -29,7 +29,7 @@ Recipe (README "reproduce Table 1", configs/PeerAiD_resnet18_cifar10.json and
 _cifar100.json): 300 epochs, batch 128, lr 0.1 for both networks, x0.1 at the
 start of 0-indexed epochs 214, 259 and 284 (``adjust_learning_rate`` at
 main.py:840-852 on 0-indexed epochs, ``lr /= 10`` for each decay epoch <=
-epoch: one epoch earlier than RSLAD's "after 215", methods_next.md A7), weight
+epoch: one epoch earlier than RSLAD's "after 215", docs/fidelity.md), weight
 decay 2e-4, T = 5, g1 = 1, tr = 1, l1 = 0, l2 = 1, l3 = 1, and g2 = 0.1 on
 CIFAR-10, 1 on CIFAR-100. (Tiny-ImageNet: T = 1, g2 = 100, l1 = 0.035, l2 =
 35, l3 = 20, 200 epochs, decays 99/149: not in this file, kdrobust has no
@@ -48,7 +48,7 @@ student by test PGD-10; here the monitor ranks the SWA model once it exists
 Evaluation while training: PGD-20 at 8/255 every 5 epochs (the code: PGD-10
 every epoch, on the full test set).
 
-Targets (methods_next.md section 9; ResNet-18 students, eps 8/255, AA =
+Targets (paper_settings.TARGETS; ResNet-18 students, eps 8/255, AA =
 AutoAttack standard; whether the paper reports the SWA or the plain student is
 UNCONFIRMED):
 

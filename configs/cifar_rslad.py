@@ -20,7 +20,7 @@ Zhang2019Theoretically (the TRADES release ``model_cifar_wrn.pt``), gowal70 =
 Gowal2020Uncovering (RSLAD's code runs it in fp16:
 ``--config.teachers.teacher.dtype=bfloat16`` is our nearest option).
 
-Loss (methods.md 3.6, zibojia/RSLAD rslad_loss.py): inner x' = PGD(KL(p_T(x) ||
+Loss (docs/fidelity.md, RSLAD; zibojia/RSLAD rslad_loss.py): inner x' = PGD(KL(p_T(x) ||
 p_S(x'))) with the teacher's clean soft label fixed, 10 steps of 2/255 in the
 8/255 ball from x + 0.001 N(0, I) (student in eval mode); outer
 (5/6) KL(p_T(x) || p_S(x')) + (1/6) KL(p_T(x) || p_S(x)), tau = 1, no CE, with
@@ -32,9 +32,9 @@ the code's reduction: mean over B*C on CIFAR-10, times 10 on CIFAR-100 =
   runs it (ICLR_IGDM/rslad_cifar100.py, rslad_IGDM_cifar100.py): 300 epochs,
   lr 0.1 x0.1 from 0-indexed epochs 210, 258, 285 (int(0.7 E), int(0.86 E),
   int(0.95 E) after 1-indexed epochs; the paper text: 215/260/285,
-  methods.md E7), batch 128, weight decay 2e-4 (the paper text: 5e-4, E3).
+  docs/fidelity.md erratum E7), batch 128, weight decay 2e-4 (the paper text: 5e-4, E3).
 * ``protocol=official``: RSLAD's resnet18_rslad_cifar10/100.py: x0.1 at 215,
-  260, 285, weight decay 2e-4, RSLAD's teachers. methods.md 9.5 quotes
+  260, 285, weight decay 2e-4, RSLAD's teachers. A secondary source quotes
   approximate RSLAD-paper numbers from memory (UNCONFIRMED): not used as
   targets here.
 

@@ -18,7 +18,7 @@ the code ``utils.py:207-211``): gowal21 = Gowal2021Improving_28_10_ddpm_100m
 (WRN-28-10, Swish, DeepMind layout; 87.50 clean / 63.44 AA), bartoldson =
 Bartoldson2024Adversarial_WRN-94-16 (WRN-94-16, SiLU; 93.68 / 73.71).
 
-Step (methods_next.md section 1, HongsinLee/saad@295121c saad.py:53-86,
+Step (docs/fidelity.md, SAAD; HongsinLee/saad@295121c saad.py:53-86,
 attacks.py saad_inner_loss; kdrobust.methods.saad): inner PGD, 10 steps of
 2/255 in the 8/255 ball from x + 0.001 N(0, I), student in eval mode, on
 KL(softmax(T(x) + <grad_x T_y(x), u - x> e_y) || softmax(S(u))) with the
@@ -32,7 +32,7 @@ train-mode student forwards S(x'), S(x-d), S(x).
   128, SGD lr 0.1, momentum 0.9, weight decay **2e-4** (hard-coded in
   saad.py:39; ``--wd`` is ignored), lr x0.1 after epochs 100 and 150.
 * ``protocol=paper``: the same with weight decay **5e-4**, the paper's value
-  as read by a third party (methods_next.md A5, UNCONFIRMED).
+  as read by a third party (docs/fidelity.md, UNCONFIRMED).
 
 Weight averaging (``config.weight_averaging``, kdrobust.weight_averaging): the
 paper's model is an SWA average of the student, as the code's
@@ -52,7 +52,7 @@ SAAD's baselines in the same secondary reading (RSLAD 44.42 / 40.57, AdaAD
 come from scripts that attack at radius 2/255 and use no SWA (A4): not
 comparable targets.
 
-Targets (methods_next.md section 9; AutoAttack of the last-epoch SWA
+Targets (paper_settings.TARGETS; AutoAttack of the last-epoch SWA
 student, mean +- sample std over 3 seeds, secondary reading [S:7i10],
 UNCONFIRMED; Clean / FGSM / PGD-20 / C&W / AA; paper_settings.TARGETS):
 

@@ -23,7 +23,7 @@ e.g. ``wrn34_10`` to train the SVHN teacher), ``teacher_path=<file or dir>``.
 Defaults: SVHN, AdaAD + IGDM (IGDM Tab. 3's SVHN rows). AKD (in IGDM's tables)
 is not implemented.
 
-Teachers (IGDM Tab. 1, methods.md 6.4), neither public:
+Teachers (IGDM Tab. 1, docs/fidelity.md, IGDM), neither public:
 
 * SVHN: IGDM's own PGD-AT WRN-34-10 (93.90 clean / 54.28 AA). Default: the
   kdrobust run ``runs/svhn_cropped_pgd_at_wrn34_10`` of the first command
@@ -37,13 +37,13 @@ Teachers (IGDM Tab. 1, methods.md 6.4), neither public:
   step-0 teacher check (``config.teacher_eval_examples``) shows a mismatch as
   a far-off clean accuracy.
 
-Recipe (IGDM App. B.1, methods.md sections 2 and 6): each base method's IGDM
+Recipe (IGDM App. B.1; docs/fidelity.md, IGDM): each base method's IGDM
 protocol recipe (configs/cifar_*.py ``protocol=igdm``: attacks, losses, weight
 decay 2e-4 as IGDM's code, 5e-4 for AdaAD without IGDM) with SVHN 50 epochs,
 lr 0.1 x0.1 at 40 and 45, and Tiny ImageNet 100 epochs, x0.1 at 50 and 80;
 batch 128, eps 8/255, 10 steps of 2/255 (ARD: IGDM code's 2/225), pad-4 crop +
 flip, raw [0, 1] pixels, students from PyTorch's default initialisation
-(``model.init='torch'``, E12). UNCONFIRMED (methods.md gives none for these
+(``model.init='torch'``, E12). UNCONFIRMED (the sources give none for these
 datasets): the learning rate, taken as the common 0.1 (SVHN adversarial
 training is often run at 0.01: ``--config.optim.lr=0.01``), and the
 augmentation (pad-4 crop + flip on both, as on CIFAR). IGDM alpha (App. B.2):

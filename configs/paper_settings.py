@@ -2,7 +2,7 @@
 
 Not a config file: every config in ``configs/`` reads it (``import
 paper_settings``, with this directory on ``sys.path``). Every number carries
-its source; the tags are those of ``shared/research/methods.md``
+its source; the tags are
 (``[P:IGDM Tab.2]`` = IGDM paper, ``[C:<repo>]`` = official code,
 ``RobustBench`` = ``model_info`` JSON).
 
@@ -10,10 +10,10 @@ its source; the tags are those of ``shared/research/methods.md``
   zoo (``kdrobust.models`` name + model kwargs for the PyTorch layout),
   expected file, RobustBench clean / AA (and IGDM Tab. 1 clean / PGD / AA).
 * :data:`IGDM_ALPHA` ``[(student, dataset, teacher, base)]``: IGDM's weight
-  alpha before the ``t / E`` ramp (IGDM App. B.2, methods.md section 6.3).
+  alpha before the ``t / E`` ramp (IGDM App. B.2, docs/fidelity.md, IGDM).
 * :data:`RECIPES` ``[(method, protocol)]``: epochs, lr decay epochs, weight
   decay, batch size, inner attack.
-* :data:`TARGETS`: the papers' numbers (methods.md section 9), one record per
+* :data:`TARGETS`: the papers' numbers (paper_settings.TARGETS), one record per
   (dataset, student, teacher, method, igdm, source).
 
 Lookups (:func:`teacher`, :func:`adversarial_teacher`, :func:`igdm_alpha`,
@@ -44,7 +44,7 @@ from kdrobust import config_lib
 
 DATASETS = ("cifar10", "cifar100")
 STUDENTS = ("resnet18", "mobilenet_v2")
-# IGDM's other two settings (methods.md sections 2, 6.3, 9.4; configs/igdm_datasets.py).
+# IGDM's other two settings (IGDM App. B.1-B.2; configs/igdm_datasets.py).
 MORE_DATASETS = ("svhn_cropped", "tiny_imagenet")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn_cropped": 10, "tiny_imagenet": 200}
 
@@ -114,7 +114,7 @@ TEACHERS: dict[str, dict[str, dict[str, Any]]] = {
         "standard": _t("Standard", "cifar10", "wrn28_10", {"variant": "standard"},
                        "naturally trained WRN-28-10 (RobustBench 'Standard')", (94.78, 0.0),
                        role="natural",
-                       note="clean/AA from the RobustBench leaderboard, not methods.md"),
+                       note="clean/AA from the RobustBench leaderboard, not a paper"),
         # E6: MTARD's README links the authors' clean-trained teacher, loaded
         # as ``wideresnet()`` = WRN-34-10 in the TRADES layout
         # (mtard/cifar10_models/wideresnet.py; its unused sub_block1 is dropped
@@ -168,12 +168,12 @@ TEACHERS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny_imagenet": {
         "rift": _wrn34_10("tiny_imagenet", "RiFT WRN-34-10 (Zhu et al. 2023)",
                           (52.54, 25.52, 21.78), "teachers/tiny_imagenet/rift_wrn34_10.pt",
-                          "no public checkpoint known to methods.md: supply it"),
+                          "no public checkpoint known: supply it"),
     },
 }
 
 # DARHT's CIFAR-100 teacher set (K = 4, slot order of the released script,
-# methods.md 7.4): the WRN-70-16 above plus three ViTs trained with FAT
+# docs/fidelity.md, DARHT): the WRN-70-16 above plus three ViTs trained with FAT
 # (friendly adversarial training) that have no public checkpoint. Users
 # supply the ViTs themselves (see configs/cifar_darht.py).
 DARHT_PAPER_TEACHERS = {
@@ -192,7 +192,7 @@ DARHT_PUBLIC_TEACHERS = {
     "cifar100": ("gowal70", "ltd", "bdm", "ikl"),
 }
 
-# IGDM alpha (before the linear ramp t / E), IGDM App. B.2 (methods.md 6.3).
+# IGDM alpha (before the linear ramp t / E), IGDM App. B.2 (docs/fidelity.md, IGDM).
 # Bases: pgd_at, trades, ard, iad, akd (not implemented here), rslad, adaad
 # (AdaAD and AdaIAD share a column). Teachers ltd / bdm / ikl; the SVHN row uses
 # IGDM's own PGD-AT WRN-34-10 teacher ('pgdat'), the Tiny-ImageNet row RiFT
@@ -240,7 +240,7 @@ IGDM_ALPHA: dict[tuple[str, str, str, str], float] = {
 # the paper's text, or another reading, differs. Protocols:
 #
 # * ``official``: each method's own released code, *as it runs*;
-# * ``igdm``: IGDM's re-runs (the numbers of methods.md section 9), as IGDM's
+# * ``igdm``: IGDM's re-runs (the numbers of paper_settings.TARGETS), as IGDM's
 #   code (Xavaitron/VLM_Distillation@a22ed64, ICLR_IGDM/) runs them;
 # * ``kdrobust``: our choice where no code exists.
 _EPS, _STEP = 8 / 255, 2 / 255
@@ -264,16 +264,16 @@ def _r(epochs, decay, wd, batch, attack, source, *, igdm_wd=None, lr_table=None,
           "teacher": teacher, "notes": notes}
 
 
-# E1 (methods.md errata): ARD, IAD-I, KDIGA and KD's ``adjust_learning_rate``
+# E1 (docs/fidelity.md errata): ARD, IAD-I, KDIGA and KD's ``adjust_learning_rate``
 # multiplies a *local* copy of the unchanged ``args.lr``, so their "decay at
 # 150" sets 0.01 again: 0.1 for epochs 0-99, then 0.01 to the end.
 _E1 = ("the code's lr_schedule [100, 150] decays a local copy of args.lr, so epoch 150 "
-       "re-sets 0.01 (methods.md E1): effective lr 0.1 for epochs 0-99, 0.01 for 100-199")
+       "re-sets 0.01 (docs/fidelity.md erratum E1): effective lr 0.1 for epochs 0-99, 0.01 for 100-199")
 # E2: their AttackPGD runs the student in train mode (batch statistics and
 # running-statistic updates at every attack forward) from x + U[-eps, eps]
 # without a clip before the first step.
 _E2 = ("attack in net.train() mode: every forward uses batch statistics and updates the "
-       "running statistics (methods.md E2); start x + U[-eps, eps] not clipped before the "
+       "running statistics (docs/fidelity.md erratum E2); start x + U[-eps, eps] not clipped before the "
        "first step")
 _TRAIN_ATTACK = dict(init="uniform_unclipped", bn_mode="train")
 _KDIGA_BATCH = {**dict.fromkeys(NUM_CLASSES, 128), "cifar100": 256}
@@ -409,7 +409,7 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
                                 student="wrn34_10"),
 }
 
-# ---- Issue 12's methods (methods_next.md; their configs: cifar_saad.py,
+# ---- Issue 12's methods (docs/fidelity.md; their configs: cifar_saad.py,
 # cifar_cgard.py, cifar_absld.py, cifar_fair_ard.py; B-MTARD runs MTARD's).
 _SAAD_SRC = "[C:saad@295121c:saad.py:39,46,53-86,128-130; attacks.py:139-193; main.sh:1-16]"
 _SAAD_SWA = ("SWA of the student from epoch 95 (1-indexed), every epoch, BN statistics "
@@ -417,7 +417,7 @@ _SAAD_SWA = ("SWA of the student from epoch 95 (1-indexed), every epoch, BN stat
 _SAAD_TEACHER = {"cifar10": "gowal21", "cifar100": "bdm"}
 _ABSLD_SRC = "[C:ABSLD@7407c3a:resnet18_absld_cifar10.py:20-21,54,66-72,94-125,173-193]"
 _FAIR = "[C:Fair-ARD@910c8cd:"
-_FAIR_E1 = ("the code's lr_schedule [100, 150] decays a local copy of args.lr (methods.md E1): "
+_FAIR_E1 = ("the code's lr_schedule [100, 150] decays a local copy of args.lr (docs/fidelity.md erratum E1): "
             "lr 0.1 for epochs 0-99, 0.01 for 100-199")
 # Fair-*: method -> (epochs, decay epochs, attack init/BN, source, notes); the same
 # recipe under both protocols (they differ in method fields: configs/cifar_fair_ard.py).
@@ -479,7 +479,7 @@ LOSS_HPARAMS = {
 }
 
 
-# IGDM's SVHN and Tiny ImageNet runs (IGDM App. B.1, methods.md section 2):
+# IGDM's SVHN and Tiny ImageNet runs (IGDM App. B.1):
 # the CIFAR IGDM recipe of each base with these epochs and decays (0-indexed);
 # students ResNet-18 (SVHN) and PreActResNet-18 (Tiny ImageNet).
 IGDM_MORE = {
@@ -533,7 +533,7 @@ SHORT_RUN = {
 }
 _EPOCH_FIELDS = ("begin", "kd_start_epoch", "ce_stop_epoch")
 
-# Target numbers (methods.md section 9). ``None`` = not reported.
+# Target numbers (paper_settings.TARGETS). ``None`` = not reported.
 # Columns: clean, FGSM, PGD-20, C&W, AA.
 METRICS = ("clean", "fgsm", "pgd20", "cw", "aa")
 TARGETS: list[dict[str, Any]] = []
@@ -669,7 +669,7 @@ for _m, (_base, _ig) in _TAB14.items():
   _add("tiny_imagenet", "preact_resnet18", "rift", _m, False, _cap(*_base), "IGDM Tab.14")
   _add("tiny_imagenet", "preact_resnet18", "rift", _m, True, _cap(*_ig), "IGDM Tab.14")
 
-# Issue 12's methods (methods_next.md section 9). Teacher keys that are not in
+# Issue 12's methods (paper_settings.TARGETS). Teacher keys that are not in
 # TEACHERS: 'st' = CGARD's Squeeze-Training WRN-34-10 (not released).
 # CGARD: the preprint's Tab. 1 (primary).
 for (_d, _s), _v in {("cifar10", "resnet18"): (82.96, 56.47, 53.69, 52.46),
@@ -978,7 +978,7 @@ def cifar_config(dataset: str, model: str, rec: dict[str, Any], method: Any, *,
   momentum 0.9, x0.1 at each of ``rec``'s decay epochs (``schedule =
   'piecewise'``) or ``rec``'s lr table (``'table'``); the student in
   PyTorch's default initialisation (``model.init = 'torch'``: the official
-  students are PyTorch modules, methods.md E12) on raw [0, 1] pixels
+  students are PyTorch modules, docs/fidelity.md erratum E12) on raw [0, 1] pixels
   (``model.normalize = False``, as the official codes feed them); eval batch
   400 (divides the 10,000 CIFAR test images and any 1, 2, 4, 8 or 16
   devices); PGD-20 at 8/255 every 5 epochs; a log line every 100 steps;

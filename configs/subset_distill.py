@@ -3,7 +3,7 @@
 Prepare the subset and train its teacher once (see configs/cifar10_subset_pgd_at.py):
 
     python -m kdrobust.data.prepare cifar10 \
-        --source ../shared/data/cifar10-subset/cifar-10-python-subset.tar.gz \
+        --source cifar-10-python-subset.tar.gz \
         --data_dir data/cifar10_subset
     python -m kdrobust.main --config configs/cifar10_subset_pgd_at.py --workdir runs/subset_pgd_at
 
@@ -59,7 +59,7 @@ def get_config(arg=None):
                    method="adaad", igdm=0.0, teacher="runs/subset_pgd_at", teacher2="",
                    epochs=10, eps=8 / 255, data_dir="data/cifar10_subset")
   # unroll=5: XLA:CPU runs the unrolled 5-step attack faster; 20 AdaAD steps took
-  # 63 s of CPU with unroll=1 and 40 s with unroll=5 (environment.md has the why).
+  # 63 s of CPU with unroll=1 and 40 s with unroll=5 (XLA:CPU runs an unrolled loop faster).
   method, teachers, student, model_kw = digits_distill.method_and_teachers(
       a.method, a.igdm, a.eps, a.epochs, a.teacher, a.teacher2, unroll=5)
   return ps.cpu_config("cifar10_subset", student, method, epochs=a.epochs, eps=a.eps,

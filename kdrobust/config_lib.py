@@ -174,8 +174,8 @@ def base_config() -> mlc.ConfigDict:
   # compiled steps and AutoAttack kernels reused across runs; '' or 'none': off.
   c.compilation_cache_dir = "~/.cache/kdrobust/jax"
   # Where the recipe comes from (printed on the recipe card, kdrobust.recipe):
-  # protocol name, sources of the settings ("[C:ARD@779ade3:main.py]" tags as in
-  # methods.md) and free-text notes (paper-vs-code differences, choices).
+  # protocol name, sources of the settings ("[C:ARD@779ade3:main.py]" tags: [C:<repo>@<commit>:<file>]
+  # = official code, [P:<paper> <table>] = paper) and free-text notes (paper-vs-code differences, choices).
   c.provenance = mlc.ConfigDict({"protocol": "", "sources": "", "notes": ""})
   return c
 

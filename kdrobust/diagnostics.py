@@ -9,12 +9,12 @@ caller (sum of per-example values / number of examples).
 * **GD / GC** (IGDM ICLR 2025 section 4.2): ``GD`` = mean L2 distance and
   ``GC`` = mean cosine similarity between the teacher's and the student's
   input gradients. The paper does not say which scalar is differentiated
-  (methods.md section 1: UNCONFIRMED); we use the **per-example CE at the true
+  (UNCONFIRMED: KDIGA's paper and code do not fix it); we use the **per-example CE at the true
   label**, ``g_i = grad_{x_i} CE(f(x_i), y_i)`` (the natural choice, and what
   KDIGA aligns), computed as the gradient of the batch *sum*, so the
   gradients are per-example and do not depend on the batch size.
-* **Local linearity** (Qin et al. 2019; KDIGA's ``llm_eval``, methods.md
-  section 4.2): ``gamma(eps, x) = max_{||d||_inf <= eps}
+* **Local linearity** (Qin et al. 2019; KDIGA's ``llm_eval``, docs/fidelity.md,
+  KDIGA): ``gamma(eps, x) = max_{||d||_inf <= eps}
   |l(x + d) - l(x) - d^T grad l(x)|``, solved by sign ascent.
 """
 

@@ -361,7 +361,7 @@ def robustbench_model_info(record: dict[str, Any], *, architecture: str | None =
   """The model-info JSON of a RobustBench submission, from an evaluation record.
 
   The fields and their formats are RobustBench's ``model_info/<dataset>/
-  <threat model>/<Model>.json`` (attacks.md section 7): percentages as
+  <threat model>/<Model>.json`` (docs/evaluation.md, RobustBench model info): percentages as
   2-decimal strings, ``eps`` as written (``"8/255"``), ``dataset`` in
   RobustBench's names. ``clean_acc``, ``autoattack_acc``, ``eps`` and
   ``dataset`` are measured; ``reported`` defaults to the AutoAttack figure

@@ -5,7 +5,7 @@ Every loss here maps logits (and labels or teacher logits) to a per-example
 in :func:`reduce`, with the padding mask. Inputs are cast to float32 so bf16
 logits never leak into a loss.
 
-Conventions (methods.md section 0):
+Conventions (as the official codes of docs/fidelity.md use them):
 
 * ``kl(student_logits, teacher_logits)`` is ``KL(p_T || p_S) =
   sum_c p_T,c (log p_T,c - log p_S,c)``: the *teacher* (second argument) is
@@ -75,7 +75,7 @@ def margin(logits: Array, labels: Array, *, kappa: float | None = None) -> Array
   """Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (higher = more adversarial).
 
   The true class is masked with ``-inf`` rather than multiplied by zero
-  (attacks.md P9). With ``kappa`` the CW-inf objective of the FAT/IAD code is
+  (docs/evaluation.md). With ``kappa`` the CW-inf objective of the FAT/IAD code is
   returned instead: ``-max(z_y - max_{j != y} z_j + kappa, 0)``, which stops
   rewarding the attack once the wrong class leads by ``kappa``.
   """

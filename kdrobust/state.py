@@ -1,7 +1,8 @@
 """The train state: everything that changes during training (and is checkpointed).
 
 Teachers are *not* here: they are frozen data, never optimised, never
-checkpointed with the student (anchors.md section 3.1).
+checkpointed with the student (they are loaded again on resume, see the README's
+"Checkpoints and resume").
 
 Extra trainable networks (issue 12; PeerAiD's peer): a method may own
 networks trained with the student inside the one jitted step

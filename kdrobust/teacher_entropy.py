@@ -38,7 +38,7 @@ pieces:
 2. **The diagnostic** (:func:`diagnose`; ``kdrobust.evaluate --teacher T
    --unlearnable FILE``; ``config.teacher_entropy.unlearnable`` at the start
    of a run). Not in the released code, and the paper's exact definition is
-   **UNCONFIRMED** (methods_next.md section 8.2: the secondary sources
+   **UNCONFIRMED** (the secondary sources that describe it
    disagree). We report both readings, on ``S_U`` and, for contrast, on
    ``S_L``:
 

@@ -80,7 +80,7 @@ def make_schedule(optim, steps_per_epoch: int, num_epochs: int):
   * ``'table'``: ``lr * lr_factors[i]`` for ``lr_epochs[i] <= epoch <
     lr_epochs[i + 1]`` (``lr_epochs`` strictly increasing from 0; factors may
     be 0), any per-epoch schedule a script produces, e.g. DARHT's
-    (configs/paper_settings.py, methods.md E9);
+    (configs/paper_settings.py, docs/fidelity.md erratum E9);
   * ``'cosine'``: cosine decay from ``lr`` to 0 over ``num_epochs``;
   * ``'constant'``: ``lr``.
 
@@ -199,7 +199,7 @@ def create_state(model, tx, method, num_classes: int, image_shape, seed: int,
 
   ``init`` is ``config.model.init``: ``'flax'`` keeps Flax's initialisers,
   ``'torch'`` re-draws the parameters as ``torch.nn`` does
-  (:func:`kdrobust.models.init.torch_default_init`, methods.md E12) from a key
+  (:func:`kdrobust.models.init.torch_default_init`, docs/fidelity.md erratum E12) from a key
   derived from ``seed``. ``extras`` (:func:`build_extra_networks`) adds the
   method's extra networks to ``state.extra``; the ``i``-th (in
   ``method.extra_networks`` order) is drawn from keys folded from ``seed``

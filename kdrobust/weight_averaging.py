@@ -23,7 +23,7 @@
 * EMA: ``decay`` and ``every_steps``: ``ema_1 = theta_1``,
   ``ema_{n+1} = decay ema_n + (1 - decay) theta_{n+1}`` every ``every_steps``
   steps from the start epoch on. None of SAAD/PeerAiD uses it
-  (methods_next.md section 7); it is offered as the common alternative.
+  (docs/fidelity.md, SAAD and PeerAiD); it is offered as the common alternative.
 * ``bn_recalibration``: what the averaged model's batch statistics are.
 
   - ``'none'``: averaged like the parameters (``AveragedModel(use_buffers=True)``

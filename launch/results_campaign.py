@@ -43,7 +43,7 @@ DISTILL = {
     "mtard": ("mtard", 0), "kdiga": ("kdiga", 0), "kdiga_ard": ("kdiga_ard", 0),
     "adaad": ("adaad", 0), "adaiad": ("adaiad", 0), "darht": ("darht", 0),
     "adaad_igdm": ("adaad", 5), "rslad_igdm": ("rslad", 5), "ard_igdm": ("ard", 5),
-    # Issue 12 (methods_next.md): the methods published since, short-run settings of
+    # Issue 12 (docs/fidelity.md): the methods published since, short-run settings of
     # paper_settings.SHORT_RUN.
     "saad": ("saad", 0), "absld": ("absld", 0), "b_mtard": ("b_mtard", 0),
     "cgard": ("cgard", 0), "fair_ard": ("fair_ard", 0), "fair_iad": ("fair_iad", 0),

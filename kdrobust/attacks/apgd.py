@@ -1,7 +1,7 @@
 """APGD and APGD-T (Croce & Hein, ICML 2020), exactly as AutoAttack runs them.
 
 Reference: ``fra31/auto-attack`` at ``a392200`` = ``pyautoattack==0.2.0``
-(``autopgd_base.py``); spec: ``attacks.md`` sections 2, 3 and P13.
+(``autopgd_base.py``); how it is checked: docs/evaluation.md.
 
 One single run (:func:`apgd_single_run`) is a jitted init plus ``n_iter``
 jitted steps, driven by one ``lax.fori_loop`` (``loop='device'``, the default
@@ -23,7 +23,7 @@ every per-example quantity is an array:
 
 with ``P`` = ball then box clipping for L-inf, and "rescale into the ball,
 then clip to the box" for L2, and ``dir = sign`` (L-inf) or ``g / ||g||_2``.
-Every quirk of the reference is kept (attacks.md P13): the ``<=`` in the
+Every quirk of the reference is kept (docs/evaluation.md): the ``<=`` in the
 oscillation test and its wrap-around read of ``loss_steps[-1]`` at the first
 checkpoint, ``x_{i-1}`` not reset after a restart-from-best, per-example step
 sizes, strict ``>`` for the best loss, a misclassified random start counting,
@@ -46,7 +46,7 @@ so the compiled kernels serve every round, batch and epsilon (``eps`` is
 traced) without recompiling. Rounds run
 "target-major" over all still-robust points instead of the reference's
 "batch-major" order; every run is per-example independent, so only the
-assignment of random numbers differs (attacks.md section 6).
+assignment of random numbers differs (docs/evaluation.md).
 
 This module also holds the small shared helpers the other attacks use
 (``as_logits_fn``, ``run_rounds``, ``predict``, ``derive_key``, ``bulk_key``).

@@ -1,8 +1,7 @@
 """AutoAttack (Croce & Hein, ICML 2020) in JAX: the standard / plus / rand cascades.
 
 Reference: ``autoattack.py`` of ``fra31/auto-attack`` ``a392200`` (=
-``pyautoattack==0.2.0``, ``run_standard_evaluation``); spec: ``attacks.md``
-section 6.
+``pyautoattack==0.2.0``, ``run_standard_evaluation``); how it is checked: docs/evaluation.md.
 
     robust_0 = [argmax f(x) == y]                       (clean pass)
     for attack in stages(version):

@@ -1,8 +1,8 @@
 """FAB and FAB-T (Croce & Hein, ICML 2020): the minimum-norm attack of AutoAttack.
 
 Reference: ``fab_base.py``, ``fab_pt.py`` and ``fab_projections.py`` of
-``fra31/auto-attack`` ``a392200`` (= ``pyautoattack==0.2.0``); spec:
-``attacks.md`` section 4. L-inf and L2 (AutoAttack's L1 is not implemented).
+``fra31/auto-attack`` ``a392200`` (= ``pyautoattack==0.2.0``); checked
+against it as docs/evaluation.md describes. L-inf and L2 (AutoAttack's L1 is not implemented).
 
 One run (:func:`fab_single_run`) is ``n_iter`` jitted iterations (one
 ``lax.fori_loop``, or host-driven steps on CPU: ``apgd.resolve_loop``) on

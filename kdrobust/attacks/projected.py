@@ -37,7 +37,7 @@ Random starts (``init``):
   (TRADES, RSLAD, AdaAD, MTARD, DARHT).
 * ``'gaussian_clamped'``: ``clip_[0,1](x + 0.001 * N(0, I))``, the start of
   AdaAD's ``Madry_PGD`` (PGD-AT ``Plain_Madry``,
-  ``[C:AdaAD@9e5c6e5:AT_helper.py:65-69]``, methods.md erratum E11).
+  ``[C:AdaAD@9e5c6e5:AT_helper.py:65-69]``, docs/fidelity.md erratum E11).
 * ``'none'``: start at ``x``.
 
 Stateful (train-mode) attacks: the official ARD, IAD and KDIGA codes attack
@@ -309,7 +309,7 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key=0, *, eps, step_size,
     (its point is not updated once ``argmax f(x_k) != y``) and each restart
     returns its last iterate, i.e. the first misclassified one; the early
     stop of the IGDM lab's CW-inf [C:saad@295121c:attacks.py:101-135].
-  * ``'any'`` (the default, kdrobust's stronger variant, attacks.md P7): a
+  * ``'any'`` (the default, kdrobust's stronger variant, docs/evaluation.md): a
     misclassified iterate if any iterate ``x_0 .. x_steps`` of any restart
     was misclassified (the most recent such iterate of the first restart
     that succeeded), else the last iterate of the restart with the highest

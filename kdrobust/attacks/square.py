@@ -2,7 +2,7 @@
 
 Reference: ``square.py`` of ``fra31/auto-attack`` ``a392200`` (=
 ``pyautoattack==0.2.0``) with AutoAttack's settings (``loss='margin'``,
-``p_init=0.8``, ``resc_schedule=False``); spec: ``attacks.md`` section 5.
+``p_init=0.8``, ``resc_schedule=False``); reference behaviour: docs/evaluation.md.
 L-inf and L2 (L1 is not implemented).
 
 The margin ``m(x') = z_y - max_{j != y} z_j`` is minimised; a point is broken

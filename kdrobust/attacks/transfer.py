@@ -4,7 +4,7 @@
 and reports each target model's accuracy on them.
 
 :func:`transferability_matrix` follows DARHT's protocol
-(``LoadModels/RunAttacks.py`` of bayesomicslab/DARHT, methods.md 7.4): for
+(``LoadModels/RunAttacks.py`` of bayesomicslab/DARHT, docs/fidelity.md, DARHT): for
 each source model ``i``, take the points it classifies correctly, craft APGD-CE
 examples on it (DARHT: ``eps = 0.031``, initial step ``0.005``, 40 iterations,
 no random start, returning the highest-loss iterate), and report every model

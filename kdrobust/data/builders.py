@@ -146,6 +146,16 @@ class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, examples):  # pytype: disable=signature-mismatch
     yield from examples
 
+  # TFDS prints "Downloading and preparing dataset ..." and "Dataset ... downloaded and
+  # prepared ..." around every build. These builders download nothing (they read
+  # ``source`` or scikit-learn), and ``python -m kdrobust.data.prepare`` prints what it
+  # built, so both lines are dropped.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
 
 class _Cifar(_OfflineBuilder, skip_registration=True):
   """CIFAR from the python archive, with the catalog's features."""

@@ -1,4 +1,4 @@
-"""Gradient-masking signs (attacks.md P6, RobustBench validity), as a pure function.
+"""Gradient-masking signs (docs/evaluation.md, Gradient-masking warnings, RobustBench validity), as a pure function.
 
 :func:`check_warnings` reads a results dict (the one
 :func:`kdrobust.evaluation.runner.evaluate_arrays` returns, or the saved
@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 AA_PGD_TOLERANCE = 0.002  # 0.2 pp
-PGD_AA_GAP = 0.04  # 4 pp (attacks.md P6: PGD-20 >> AA)
+PGD_AA_GAP = 0.04  # 4 pp (docs/evaluation.md, Gradient-masking warnings: PGD-20 >> AA)
 EPS_TOLERANCE = 0.001  # 0.1 pp
 SQUARE_TOLERANCE = 0.002  # 0.2 pp, as check_square_sr
 TRANSFER_TOLERANCE = 0.002  # 0.2 pp

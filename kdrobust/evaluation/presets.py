@@ -1,7 +1,6 @@
 """Named evaluation presets, ``--attacks`` and ``--eps`` parsing, epsilon labels.
 
-The defaults follow the papers' code (methods.md section 1, attacks.md
-section 8), so kdrobust's columns compare with the papers' tables; step
+The defaults follow the papers' code (docs/evaluation.md, Presets), so kdrobust's columns compare with the papers' tables; step
 sizes are fractions of epsilon so an epsilon sweep keeps their proportions
 (2/255 at 8/255). ``iterate`` is what :func:`kdrobust.attacks.projected.pgd`
 returns (its ``select``): the ``last`` iterate as the papers do, the
@@ -25,7 +24,7 @@ cw30        30     eps / 4     U[-eps, eps]  CW margin, k = 50  1         last
   [C:saad@295121c:igdm.py:110-112]: 20 steps of 2/255 from a clipped uniform
   start, the last iterate.
 * ``cw``: the IGDM lab's ``cw_Linf_attack`` [C:saad@295121c:attacks.py:101-135]
-  (methods.md section 1): the plain margin ``max_{j != y} z_j - z_y``, 50
+  (docs/evaluation.md, Presets): the plain margin ``max_{j != y} z_j - z_y``, 50
   steps of 2/255, 10 restarts from a clipped uniform start; an example stops
   moving once misclassified, and each example keeps the restart whose final
   point has the largest cross-entropy (ties: the later restart), misclassified
@@ -34,7 +33,7 @@ cw30        30     eps / 4     U[-eps, eps]  CW margin, k = 50  1         last
   ``-max(z_y - max_{j != y} z_j + 50, 0)``, the last iterate
   [C:IAD@a8091a8:attack_generator.py:5-50].
 * ``*_best``: the same budget, a point counts as broken if any iterate of any
-  restart misclassified it (attacks.md P7): never weaker than the preset
+  restart misclassified it (docs/evaluation.md): never weaker than the preset
   without ``_best``, and not comparable with the papers' tables.
 
 ``clean`` is the unattacked accuracy and ``aa`` AutoAttack
@@ -55,7 +54,7 @@ AA_VERSIONS = ("standard", "plus", "rand")
 # AutoAttack's batch size: the reference's run_standard_evaluation(bs=250)
 # [fra31/auto-attack@a392200:autoattack/autoattack.py]. RobustBench's
 # benchmark() passes batch_size=32 [C:robustbench@78fcc9e:robustbench/eval.py:32].
-# Only Square depends on it (its draws are shared by a batch, attacks.md P12).
+# Only Square depends on it (its draws are shared by a batch, docs/evaluation.md).
 AA_BATCH_SIZE = 250
 ROBUSTBENCH_AA_BATCH_SIZE = 32
 NORMS = {"linf": "Linf", "l2": "L2"}

@@ -346,10 +346,10 @@ def run_autoattack(fn: Partial, x, y, *, eps: float, norm: str, version: str, se
   'robust_acc', 'stages': [{'attack', 'robust_acc'}], 'warnings',
   'timings_s', 'max_perturbation', 'reeval_acc', 'reeval_mismatch'}``.
   ``batch_size`` is AutoAttack's own (Square shares its draws across a
-  batch, attacks.md P12), capped at N as the reference does. The
+  batch, docs/evaluation.md), capped at N as the reference does. The
   re-evaluation forwards the returned ``x_adv`` again, in batches of
   ``reeval_batch_size`` (default ``batch_size``), and compares with
-  AutoAttack's flags (attacks.md P2). ``precision``: AutoAttack's
+  AutoAttack's flags (docs/evaluation.md). ``precision``: AutoAttack's
   ``precision=`` (recorded as ``'precision'``); ``chunk_size``: its APGD/FAB
   chunk size (``None``: its default, :func:`kdrobust.attacks.autoattack.autoattack`).
   """

@@ -23,9 +23,9 @@ _MODULES = (
     "natural", "pgd_at", "trades",
     # Distillation methods (issue 4): each registers itself when present.
     "kd", "ard", "iad", "rslad", "mtard", "kdiga", "adaad", "darht",
-    "saad", "b_mtard", "cgard",  # issue 12, methods_next.md sections 1, 4, 6
-    "absld", "fair_ard",  # issue 12, methods_next.md sections 2, 3
-    "peeraid",  # issue 12, methods_next.md section 5 (an extra trainable network)
+    "saad", "b_mtard", "cgard",  # issue 12, docs/fidelity.md
+    "absld", "fair_ard",  # issue 12, docs/fidelity.md
+    "peeraid",  # issue 12, docs/fidelity.md, PeerAiD (an extra trainable network)
 )
 
 

@@ -41,7 +41,7 @@ def tempered_targets(teacher_logits: Array, labels: Array, tau_adv: Array, tau_n
 
   ``mode = 'product'`` is the released code: its two tensors share one
   storage (``.detach()``), so both in-place divisions hit both and each soft
-  label is ``z / (tau_adv[y] tau_nat[y])`` (methods_next.md A1).
+  label is ``z / (tau_adv[y] tau_nat[y])`` (docs/fidelity.md).
   """
   ta = tau_adv[labels][:, None].astype(teacher_logits.dtype)
   tn = tau_nat[labels][:, None].astype(teacher_logits.dtype)
@@ -82,7 +82,7 @@ def temperature_update(tau: Array, class_loss: Array, lr, t_min: float = 0.5,
 @register
 @dataclasses.dataclass(frozen=True)
 class ABSLD(Method):
-  """ABSLD (methods_next.md section 2): RSLAD with per-class teacher temperatures.
+  """ABSLD (docs/fidelity.md, ABSLD): RSLAD with per-class teacher temperatures.
 
   Per step, with ``z = T(x)`` (eval mode, clean input) and ``y`` the labels:
   soft labels ``q_adv = softmax(z / tau_adv[y])``, ``q_nat = softmax(z / tau_nat[y])``

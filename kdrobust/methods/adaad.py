@@ -25,7 +25,7 @@ def adaad_objective(student_fn, teacher_fn):
 def adaad_inner(student_fn, teacher_fn, x: Array, key: Array, *, eps=8 / 255,
                 step_size=2 / 255, steps: int = 10, init: str = "gaussian",
                 norm: str = "linf", unroll: int = 1, stateful=None) -> Array:
-  """AdaAD's inner maximisation (methods.md section 5.1).
+  """AdaAD's inner maximisation (docs/fidelity.md, AdaAD).
 
   ``x' = PGD(sum_i KL(p_T(x'_i) || p_S(x'_i)), x; eps, step, K, gaussian start)``:
   teacher and student are both evaluated at the moving point and the input
@@ -64,7 +64,7 @@ def adaad_loss(student_adv_logits: Array, teacher_adv_logits: Array,
 @register
 @dataclasses.dataclass(frozen=True)
 class AdaAD(Method):
-  """AdaAD (methods.md sections 5.1-5.2).
+  """AdaAD (docs/fidelity.md, AdaAD).
 
   Inner (student in inference mode, ``net.eval()``; teacher in inference
   mode; the input gradient flows through both):
@@ -79,7 +79,7 @@ class AdaAD(Method):
   ``reduction``: the code uses ``nn.KLDivLoss()`` = ``'elemmean'`` on
   CIFAR-10 (default here) and an explicit ``(1/B) sum`` = ``'batchmean'`` on
   CIFAR-100 (CIFAR-100 configs must set it). The IGDM protocol uses
-  ``'batchmean'`` on both datasets (methods.md E4: IGDM's
+  ``'batchmean'`` on both datasets (docs/fidelity.md erratum E4: IGDM's
   ``adaad_cifar100.py`` and the authors' later ``HongsinLee/saad adaad.py``,
   run on CIFAR-10 by its ``main.sh``). Source:
   ``boyellow/AdaAD@9e5c6e5 AT_helper.py:8-48 adaad_inner_loss, main.py:326-353``.
@@ -127,7 +127,7 @@ class AdaAD(Method):
 @register
 @dataclasses.dataclass(frozen=True)
 class AdaIAD(Method):
-  """AdaIAD = AdaAD's inner attack + IAD-I's outer loss with the teacher on ``x'`` (methods.md 5.3).
+  """AdaIAD = AdaAD's inner attack + IAD-I's outer loss with the teacher on ``x'`` (docs/fidelity.md, AdaIAD).
 
   ``w_i = p_T(y_i | x'_i)^beta`` (constant) and, with ``e = ctx.epoch - 1``
   the 0-indexed epoch of the code's loop,

@@ -58,7 +58,7 @@ def ard_loss(student_adv_logits: Array, student_clean_logits: Array | None,
 @register
 @dataclasses.dataclass(frozen=True)
 class ARD(Method):
-  """Adversarially Robust Distillation (methods.md section 3.4).
+  """Adversarially Robust Distillation (docs/fidelity.md, ARD).
 
   Inner (student in inference mode):
   ``x' = PGD(CE(S(.), y), x; eps = 8/255, step = 2/255, K = 10, uniform start)``.
@@ -81,7 +81,7 @@ class ARD(Method):
   even with ``alpha = 1``, where it only updates the running statistics; we
   then run it without a backward pass. The official attack runs the student
   in train mode from an unclipped start (``attack.bn_mode='train'``,
-  ``attack.init='uniform_unclipped'``, methods.md E2); IGDM's in eval mode
+  ``attack.init='uniform_unclipped'``, docs/fidelity.md erratum E2); IGDM's in eval mode
   from a clipped one (the class defaults). ``configs/cifar_ard.py`` sets each
   protocol's fields; ``tests/parity_ard_test.py`` proves both steps.
   """

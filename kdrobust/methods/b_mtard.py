@@ -4,7 +4,7 @@ arXiv 2306.16170. Source: ``zhaoshiji123/MTARD-extension@93506d6
 resnet18_mtard_cifar10.py`` (last changed in ``0a5c62f``). **The script does
 not run as released**: it imports ``mtard_loss`` and ``dataset`` modules and
 calls a ``resnet56()`` that the repository does not contain, and both teacher
-paths are empty strings (methods_next.md A10). What is implemented is what it
+paths are empty strings (docs/fidelity.md). What is implemented is what it
 evidently intends: ``mtard_loss`` is MTARD's ``mtard/mtard_loss.py``
 (``zhaoshiji123/MTARD@6480a1b``; its ``mtard_inner_loss_ce``), the natural
 teacher a clean CIFAR ResNet-56 (any natural teacher here).
@@ -100,7 +100,7 @@ def loss_balance_update(w_adv, w_nat, loss_adv, loss_nat, init_adv, init_nat,
 @register
 @dataclasses.dataclass(frozen=True)
 class BMTARD(Method):
-  """B-MTARD with two teachers (methods_next.md section 4).
+  """B-MTARD with two teachers (docs/fidelity.md, B-MTARD).
 
   **Teacher order: teacher 0 = adversarially trained ``T_adv``, teacher 1 =
   naturally trained ``T_nat``** (as MTARD).

@@ -58,7 +58,8 @@ class InnerAttack:
   official ARD/IAD/KDIGA start), ``'gaussian'`` (x + 0.001 N(0, I),
   TRADES-style), ``'gaussian_clamped'`` (clip(x + 0.001 N), AdaAD's
   ``Plain_Madry``) or ``'none'``; ``unroll`` is passed to
-  ``lax.fori_loop`` (unrolling is faster on XLA:CPU, see environment.md).
+  ``lax.fori_loop`` (unrolling is faster on XLA:CPU: ``configs/subset_distill.py``
+  measured 63 s of CPU with ``unroll=1`` and 40 s with ``unroll=5``).
 
   ``bn_mode`` is the student's batch-norm mode during the attack
   (:class:`InnerStudent`):
@@ -68,7 +69,7 @@ class InnerAttack:
   * ``'train'``: PyTorch ``net.train()`` exactly: every attack forward
     normalises with the attacked batch's statistics **and** updates the
     running statistics, in order, before the outer loss's own forwards (the
-    official ARD, IAD and KDIGA code, methods.md erratum E2);
+    official ARD, IAD and KDIGA code, docs/fidelity.md erratum E2);
   * ``'batch'``: the attacked batch's statistics, running statistics left
     untouched (the forwards and gradients of ``'train'`` without its
     running-statistic updates; kept for comparison).

@@ -4,7 +4,7 @@ Li, Liu, Yang, Wang, Gao, Yao, Zhou (Yunnan University), 2026 preprint; venue
 UNCONFIRMED. **No code was released**: everything here is transcribed from
 the preprint's equations (section 2.2 eqs. 7-11: the constrained joint
 search; section 2.3 eqs. 12-13: the dual alignment; section 3.1: the
-settings), methods_next.md section 6. What the text leaves open is a
+settings), docs/fidelity.md, CGARD. What the text leaves open is a
 kdrobust choice, marked in :class:`CGARD`'s docstring. Step parity with a
 PyTorch transcription of the equations: ``tests/parity_cgard_test.py``.
 """
@@ -82,7 +82,7 @@ def cgard_loss(s_adv: Array, t_col: Array, t_adv: Array, *, alpha: float = 0.7,
 @register
 @dataclasses.dataclass(frozen=True)
 class CGARD(Method):
-  """CGARD (methods_next.md section 6), from the preprint's equations.
+  """CGARD (docs/fidelity.md, CGARD), from the preprint's equations.
 
   Inner: :func:`cgard_inner`, ``eps = 8/255``, step ``2/255``, ``K = 10``,
   both points from ``x + 0.001 N(0, I)`` [P:CGARD section 3.1]; the teacher
@@ -91,7 +91,7 @@ class CGARD(Method):
   ``L = (1 - alpha) KL(p_T(x_T'') || p_S(x_S')) + alpha KL(p_T(x_S') || p_S(x_S'))``,
   ``alpha = 0.7``, tau = 1, no clean term, no CE (eqs. 12-13).
 
-  Choices where the preprint is silent (UNCONFIRMED, methods_next.md 6.2-6.3):
+  Choices where the preprint is silent (UNCONFIRMED; docs/fidelity.md, CGARD):
 
   * the student's batch-norm mode during the search: inference
     (``attack.bn_mode = 'eval'``, as AdaAD); ``'batch'`` is accepted,

@@ -114,7 +114,7 @@ def find_slots(intermediates: Any) -> Array:
 @register
 @dataclasses.dataclass(frozen=True)
 class DARHT(Method):
-  """DARHT (methods.md section 7), multi-teacher with a multi-slot student head.
+  """DARHT (docs/fidelity.md, DARHT), multi-teacher with a multi-slot student head.
 
   Student: backbone ``phi`` -> ``g`` (Dense ``K*C``, the "slots"; ``z_k`` is
   teacher ``k``'s slot) -> ``h`` (Dense ``C``); built with ``head_slots = K``
@@ -159,7 +159,7 @@ class DARHT(Method):
   inside itself (``vit_b(image_size=224, resize_inputs=True, mean=..., std=...)``),
   as the code's ``transforms.Resize(224)`` + ``Normalize`` do. Not implemented:
   MC dropout (CHOICE: it is not in the released code and its role is
-  UNCONFIRMED in methods.md 7, so nothing here guesses it).
+  UNCONFIRMED: neither paper nor code gives it, so nothing here guesses it).
   """
   name = "darht"
   teachers = (1, None)

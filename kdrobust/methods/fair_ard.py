@@ -13,7 +13,7 @@ Per epoch, ``kbar_c`` = mean ``kappa`` of class ``c``; at the end of the epoch
 ``beta = 2``, used throughout the next epoch (the first epoch uses ``w = 1``).
 
 Source: ``NISP-official/Fair-ARD@910c8cd`` ``Fair-ARD.py``, ``Fair-IAD.py``,
-``Fair-RSLAD.py``, ``Fair-MTARD.py`` (methods_next.md section 3, A8, A9).
+``Fair-RSLAD.py``, ``Fair-MTARD.py`` (docs/fidelity.md, Fair-ARD).
 Machinery: the attack's per-step correctness is an opt-in signal of
 :func:`kdrobust.attacks.projected.pgd_inner`; the per-class sums live in the
 method state and :meth:`_Fair.epoch_update` turns them into the weights at the

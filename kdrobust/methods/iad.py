@@ -2,7 +2,7 @@
 
 Source: ``ZFancy/IAD@a8091a8 IAD-I.py`` and ``IAD-II.py``. Both official
 scripts attack with the student in ``train()`` mode from ``x + U[-eps, eps]``
-(not clamped before the first step, methods.md erratum E2): the recipes set
+(not clamped before the first step, docs/fidelity.md erratum E2): the recipes set
 ``attack.bn_mode = 'train'`` and ``attack.init = 'uniform_unclipped'``
 (``configs/paper_settings.py``, ``protocol=official``).
 """
@@ -100,7 +100,7 @@ def _weights_if(active: Array, teacher_adv_logits_fn, labels: Array, beta: float
 @register
 @dataclasses.dataclass(frozen=True)
 class IAD(Method):
-  """IAD-I, the ARD-based variant (methods.md section 3.5).
+  """IAD-I, the ARD-based variant (docs/fidelity.md, IAD-I).
 
   Inner: ARD's student-only CE PGD (``8/255, 2/255, 10`` steps). Outer, with
   ``w_i = p_T(y_i | x'_i)^beta`` (teacher on ``x'``, constant) and ``e`` the

@@ -140,7 +140,7 @@ class _Served:
 
 @dataclasses.dataclass(frozen=True)
 class IGDM(Method):
-  """A base method plus the IGDM term (methods.md section 6).
+  """A base method plus the IGDM term (docs/fidelity.md, IGDM).
 
   ``perturb`` is the base method's; ``loss`` is
   ``L_base + alpha (ctx.epoch / ctx.num_epochs) L_IGDM`` (the linear ramp of
@@ -166,7 +166,7 @@ class IGDM(Method):
   Bases without an IGDM script run ``S(x+bd)``, ``S(x-gd)`` and then their own
   forwards. Not implemented: the authors' later SAAD code (``saad@295121c
   igdm.py``, AdaAD only) runs 2 forwards (``S(x+d)``, ``S(x-d)``, the base KL
-  on ``S(x+d)``) with the attack's step and radius swapped (methods.md 6.2);
+  on ``S(x+d)``) with the attack's step and radius swapped (docs/fidelity.md, IGDM);
   a22ed64 is the code behind the paper's tables.
   """
   name: ClassVar[str] = "igdm"

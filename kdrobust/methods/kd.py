@@ -122,7 +122,7 @@ def forward_if(student: TrainForward, pred: Array, x: Array) -> Array:
 @register
 @dataclasses.dataclass(frozen=True)
 class KD(Method):
-  """Standard KD on clean inputs (Hinton, Vinyals & Dean 2015; methods.md section 3.1).
+  """Standard KD on clean inputs (Hinton, Vinyals & Dean 2015; docs/fidelity.md, KD).
 
   ``L = (1 - alpha) (1/B) sum_i CE(S(x_i), y_i)
         + alpha tau^2 red_i KL(p_T^tau(x_i) || p_S^tau(x_i))``,
@@ -132,7 +132,7 @@ class KD(Method):
   (``RulinShao/AdversariallyRobustDistillation@12e774f main.py``):
   ``alpha = 0.5``, ``tau = 1``, ``reduction = 'elemmean'`` (``nn.KLDivLoss()``
   = sum / (B C)). The CIFAR KD literature often uses ``tau = 4``; that value
-  is not from the sources in methods.md, so configs must set it explicitly.
+  is not from KDIGA's code (the source of this recipe), so configs must set it explicitly.
   """
   name = "kd"
   teachers = (1, 1)

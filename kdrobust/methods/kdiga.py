@@ -6,7 +6,7 @@ Shao, Yi, Chen, Hsieh; arXiv 2110.12072. Source: the first author's code,
 inputs), ``kdiga_rs`` (inputs with uniform noise, "random smoothing") and
 ``kdiga_ard`` (the KD term on ARD points). Its ``AttackPGD`` runs with the
 student in ``train()`` mode from ``x + U[-eps, eps]`` (not clamped before the
-first step, methods.md erratum E2): the official recipe sets
+first step, docs/fidelity.md erratum E2): the official recipe sets
 ``attack.bn_mode = 'train'`` and ``attack.init = 'uniform_unclipped'``
 (``configs/paper_settings.py``).
 """
@@ -149,7 +149,7 @@ def _kdiga_clean_loss(method, ctx, student, x):
 @register
 @dataclasses.dataclass(frozen=True)
 class KDIGA(Method):
-  """KDIGA, clean-input variant (methods.md section 4.1), no attack.
+  """KDIGA, clean-input variant (docs/fidelity.md, KDIGA), no attack.
 
   ``L = alpha tau^2 KL_elemmean(p_T^tau(x) || p_S^tau(x))
         + (1 - alpha) (1/B) sum_i CE(S(x_i), y_i)
@@ -187,7 +187,7 @@ class KDIGA(Method):
 @register
 @dataclasses.dataclass(frozen=True)
 class KDIGARs(Method):
-  """KDIGA on uniformly perturbed inputs ("random smoothing", methods.md section 4.1).
+  """KDIGA on uniformly perturbed inputs ("random smoothing", docs/fidelity.md, KDIGA).
 
   ``x~ = x + U[-noise_eps, noise_eps]`` (one draw per step, **not** clipped to
   [0, 1]) replaces ``x`` before everything: the KD and CE terms and both input
@@ -225,7 +225,7 @@ class KDIGARs(Method):
 @register
 @dataclasses.dataclass(frozen=True)
 class KDIGAArd(Method):
-  """KDIGA on ARD adversarial points (``distill_method='kdiga_ard'``, methods.md section 4.1).
+  """KDIGA on ARD adversarial points (``distill_method='kdiga_ard'``, docs/fidelity.md, KDIGA).
 
   Inner: ``x' = PGD(sum_i CE(S(x'_i), y_i), x; 8/255, step 1.6/255 (the
   code's 16/255/10), 10 steps)``; the official recipe attacks in train mode

@@ -61,7 +61,7 @@ def weight_lr_at(epoch, weight_lr: float, decay_epochs, decay_factor: float) -> 
 @register
 @dataclasses.dataclass(frozen=True)
 class MTARD(Method):
-  """MTARD with two teachers (methods.md section 3.7).
+  """MTARD with two teachers (docs/fidelity.md, MTARD).
 
   **Teacher order: teacher 0 = adversarially trained ``T_adv``, teacher 1 =
   naturally trained ``T_nat``** (the order of ``config.teachers``).

@@ -2,8 +2,8 @@
 
 Source: the official code ``jaewonalive/PeerAiD@cd12e92`` (``main.py:333-404``
 the step, ``attack_function.py:59-84`` ``LinfPeerAttack``, ``main.py:840-852``
-the schedule, the README's "reproduce Table 1" commands); methods_next.md
-section 5. There is no frozen teacher: a *peer* network of the student's
+the schedule, the README's "reproduce Table 1" commands); docs/fidelity.md,
+PeerAiD. There is no frozen teacher: a *peer* network of the student's
 architecture, trained from scratch with its own SGD, learns on the student's
 adversarial examples and is the student's distillation target. The peer is an
 extra trainable network (``extra_networks = ('peer',)``,
@@ -33,7 +33,7 @@ ADV_FORWARDS = ("two", "shared")
 @register
 @dataclasses.dataclass(frozen=True)
 class PeerAiD(Method):
-  """PeerAiD (methods_next.md section 5): student and peer trained jointly, one backward.
+  """PeerAiD (docs/fidelity.md, PeerAiD): student and peer trained jointly, one backward.
 
   Step, in the code's order ``[C:PeerAiD@cd12e92:main.py:333-404]``:
 
@@ -55,14 +55,14 @@ class PeerAiD(Method):
      (``loss_total.backward(); peer_optimizer.step(); student_optimizer.step()``):
      both from the pre-step gradients, so their order does not matter.
 
-  Gradients (methods_next.md A6). The code detaches only the peer's output in
+  Gradients (docs/fidelity.md). The code detaches only the peer's output in
   ``L_stu`` (``peer_outputs.detach_()``). The peer's KL takes the student's
   ``s1`` as its target *without* detaching it, and PyTorch differentiates
   ``kl_div`` with respect to its target, so the student also receives
   ``g2 tr^2 dKL/ds1``; the l3 term's target ``s0`` is not detached either.
   Both are configurable, because the paper writes two losses, one per
   network, and does not say whether a network's output that is the other's
-  target carries a gradient (UNCONFIRMED; methods_next.md section 5):
+  target carries a gradient (UNCONFIRMED; docs/fidelity.md, PeerAiD):
 
   * ``peer_loss_trains_student = True`` (default, the code): ``s1`` is not
     stop-gradiented; ``False``: ``sg(s1)``, each network is trained by its

@@ -19,14 +19,14 @@ class PgdAT(Method):
   ``x' = PGD(CE(S(.), y), x; eps = 8/255, step = 2/255, K = 10, attack.init)``.
   Outer (student in train mode):
   ``L = (1 - a) (1/B) sum_i CE(S(x'_i), y_i) + a (1/B) sum_i CE(S(x_i), y_i)``
-  with ``a = mixture_alpha`` (0: Madry's loss, methods.md section 3.2).
+  with ``a = mixture_alpha`` (0: Madry's loss, docs/fidelity.md, PGD-AT).
 
   Fields beyond the attack:
 
   * ``extra_clean_forward``: after the forward on ``x'``, one more train-mode
     forward ``S(x)``. The official ``Plain_Madry`` loop runs it
     (``ori_outputs = net(inputs)`` after ``adv_outputs = net(adv_inputs)``,
-    ``[C:AdaAD@9e5c6e5:main.py:311-318]``, methods.md erratum E11) and,
+    ``[C:AdaAD@9e5c6e5:main.py:311-318]``, docs/fidelity.md erratum E11) and,
     without ``--mixture``, only reports its accuracy, so its one effect on
     training is a running-statistic update. It runs here without gradient
     (``kd.bn_only_forward``) when ``mixture_alpha == 0``, with gradient

@@ -101,7 +101,7 @@ def rslad_loss(student_adv_logits: Array, student_clean_logits: Array,
 @register
 @dataclasses.dataclass(frozen=True)
 class RSLAD(Method):
-  """RSLAD (methods.md section 3.6). ``tau = 1``, no CE.
+  """RSLAD (docs/fidelity.md, RSLAD). ``tau = 1``, no CE.
 
   Inner (student in inference mode, ``net.eval()``; teacher soft label at the
   clean point, computed once before the attack):

@@ -137,7 +137,7 @@ def saad_loss(s_adv: Array, s_minus: Array, s_clean: Array, t_adv: Array,
 @register
 @dataclasses.dataclass(frozen=True)
 class SAAD(Method):
-  """SAAD (methods_next.md section 1): entropy-weighted AdaAD-style distillation with IGDM.
+  """SAAD (docs/fidelity.md, SAAD): entropy-weighted AdaAD-style distillation with IGDM.
 
   Inner (student in inference mode, ``model.eval()``; teacher in inference
   mode): ``g_i = grad_x z_{T,y_i}(x_i)`` once, then
@@ -156,7 +156,7 @@ class SAAD(Method):
   ``e`` the 1-indexed epoch, ``E`` the run's epochs. tau = 1, no CE.
 
   Choices where the code and the paper (read only through secondary
-  sources, methods_next.md A3, A5, section 11) may differ:
+  sources; docs/fidelity.md, SAAD) may differ:
 
   * A3: the weights are neither normalised nor bounded (``w in [0, 5 ln C]``;
     the batch's lowest-entropy sample gets 0): ``weight_normalization =

@@ -12,7 +12,7 @@ from kdrobust.methods.base import InnerAttack, LossOut, Method, sg
 @register
 @dataclasses.dataclass(frozen=True)
 class Trades(Method):
-  """TRADES with ``beta = 6`` (methods.md section 3.3).
+  """TRADES with ``beta = 6`` (docs/fidelity.md, TRADES).
 
   Inner (student in inference mode; the clean prediction is a fixed target):
   ``x' = PGD( KL(p_S(x) || p_S(.)) [sum], x; K = 10, gaussian start )``.
@@ -36,7 +36,7 @@ class Trades(Method):
     the target is not detached, so gradients flow through both KL arguments;
     ``loss_robust = (1/B) KL_sum`` (batchmean);
   * SGD(lr, momentum 0.9, weight decay 2e-4), lr x0.1 from 1-indexed epoch
-    75 (methods.md erratum E8).
+    75 (docs/fidelity.md erratum E8).
 
   The third forward returns the same logits as the first (same parameters,
   same batch statistics), so the loss and its gradient equal the formula

@@ -3,7 +3,7 @@
 The official students of the robust-distillation papers (ResNet-18, MobileNetV2,
 PreActResNet-18 of kuangliu/pytorch-cifar, DARHT's ``*_std`` slot-head models)
 are ``torch.nn`` modules that keep PyTorch's default initialisation
-(methods.md ERRATA E12). Flax's default (``lecun_normal``: variance ``1/fan_in``)
+(docs/fidelity.md erratum E12). Flax's default (``lecun_normal``: variance ``1/fan_in``)
 has 3x the weight variance of PyTorch's (``1/(3 fan_in)``), and Flax biases start
 at zero. ``init='torch'`` re-draws a Flax parameter tree as ``torch.nn`` would:
 

@@ -1,6 +1,6 @@
 """Choose DARHT teachers from their transferability matrix.
 
-DARHT (Deng et al. 2024, methods.md section 7.4) distils from several
+DARHT (Deng et al. 2024, docs/fidelity.md, DARHT) distils from several
 heterogeneous teachers chosen to have *mutually low adversarial
 transferability*. Its measurement (``LoadModels/RunAttacks.py``): for each
 candidate ``i`` (the *source*), take 1000 class-balanced test images that

@@ -400,7 +400,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str, num_classes: int | N
 def flax_to_torch(variables: Mapping[str, Any], arch: str, **model_kw) -> dict[str, np.ndarray]:
   """Inverse mapping: Flax ``variables`` -> a numpy state_dict in the PyTorch layout.
 
-  For the Flax -> PyTorch-twin parity checks (attacks.md §9.3). BN
+  For the Flax -> PyTorch-twin parity checks (docs/evaluation.md). BN
   ``num_batches_tracked`` and normalisation buffers are not produced.
   """
   layout = layout_for(arch, model_kw)
