@@ -216,6 +216,23 @@ def new_keys(old: dict, new: dict) -> list[str]:
   return sorted(set(flatten(new)) - set(flatten(old)))
 
 
+def new_keys_off_default(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]:
+  """Keys :func:`new_keys` finds whose new value is not :func:`base_config`'s default.
+
+  The saved run trained without the field, i.e. as its default; a different
+  value (e.g. ``weight_averaging.kind='swa'``) would change the run, so resuming
+  is refused. Resumable keys, keys with no default in the base config, and
+  the method's and teachers' fields (their defaults live in the method
+  dataclass and the teacher entry, not in the base config) are not judged.
+  """
+  defaults = flatten(base_config().to_dict())
+  nb = flatten(new)
+  skip = lambda k: any(k == i or k.startswith(i + ".")
+                       for i in tuple(ignore) + ("method", "teachers"))
+  return [k for k in new_keys(old, new)
+          if not skip(k) and k in defaults and nb[k] != defaults[k]]
+
+
 # ----------------------------------------------------------------------------
 # Loading a config file with one-line errors (kdrobust.main's --config).
 # ----------------------------------------------------------------------------

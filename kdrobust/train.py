@@ -450,7 +450,8 @@ def _check_workdir(workdir: str, config_dict: dict, overwrite: bool) -> bool:
   old = fileio.read_json(path, fix=(
       "It is the run's config: restore it from a backup, or start afresh with --overwrite "
       "(the old workdir is moved aside, not deleted) or a new --workdir"))
-  diff = config_lib.config_differences(old, config_dict)
+  diff = (config_lib.config_differences(old, config_dict)
+          + config_lib.new_keys_off_default(old, config_dict))
   if not diff:
     added = config_lib.new_keys(old, config_dict)
     if added:

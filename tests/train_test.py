@@ -219,3 +219,21 @@ def test_fields_added_by_newer_code_do_not_block_resume():
   assert config_lib.new_keys(old, new) == ["method.attack.bn_mode"]
   new["method"]["attack"]["eps"] = 0.2
   assert config_lib.config_differences(old, new) == ["method.attack.eps"]
+
+
+def test_a_new_field_set_off_its_default_blocks_resume():
+  """A run saved before ``weight_averaging`` existed trained without it: turning it on is a
+  different run (refused before compute), leaving it at its default resumes."""
+  old = tiny_config().to_dict()
+  del old["weight_averaging"]
+  new = tiny_config()
+  assert config_lib.new_keys_off_default(old, new.to_dict()) == []
+  new.weight_averaging.kind = "swa"
+  assert config_lib.new_keys_off_default(old, new.to_dict()) == ["weight_averaging.kind"]
+  # Resumable keys and the method's own fields are not judged.
+  old2 = tiny_config().to_dict()
+  del old2["log_every_steps"], old2["method"]["attack"]["bn_mode"]
+  new2 = tiny_config().to_dict()
+  new2["log_every_steps"] = 7
+  new2["method"]["attack"]["bn_mode"] = "train"
+  assert config_lib.new_keys_off_default(old2, new2) == []
