@@ -637,11 +637,11 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
 
   last_diag: dict[str, float] = {}
   if start_step == 0 and config.teacher_eval_examples and teachers:
-    for t in teachers:
+    for t, t_vars in zip(teachers, teacher_vars):  # replicated on the mesh, as in the step
       t_eval = step_lib.make_eval_step(
           t.module.apply, eval_attacks(config.eval), seed=config.seed,
           precision=step_lib.monitor_precision(config.eval.get("precision", "auto"), t.dtype))
-      res = evaluate(t_eval, t.variables, eval_batches(config.teacher_eval_examples), mesh,
+      res = evaluate(t_eval, t_vars, eval_batches(config.teacher_eval_examples), mesh,
                      config.eval.eps)
       writer.write(0, f"teacher/{t.name}", _flat_eval(res))
       print(f"Teacher {t.name}: clean {res['clean_accuracy']:.4f} "

@@ -237,3 +237,23 @@ def test_a_new_field_set_off_its_default_blocks_resume():
   new2["log_every_steps"] = 7
   new2["method"]["attack"]["bn_mode"] = "train"
   assert config_lib.new_keys_off_default(old2, new2) == []
+
+
+def test_distilling_from_a_kdrobust_run_on_two_devices_equals_one(tmp_path):
+  """The start-of-run teacher check and the train step take the teacher replicated on the
+  mesh (it was passed unreplicated: incompatible devices on 2+ devices)."""
+  assert jax.device_count() >= 2
+  t = str(tmp_path / "teacher")
+  train.train_and_evaluate(tiny_config(total_steps=2), t)
+
+  def distill(n):
+    c = tiny_config(num_devices=n, total_steps=2, teacher_eval_examples=64)
+    c.method = config_lib.method_config("rslad", attack=dict(eps=0.1, step_size=0.05, steps=2))
+    c.teachers = {"teacher": config_lib.teacher_config(t, which="latest")}
+    return train.train_and_evaluate(c, str(tmp_path / f"student{n}"))
+
+  r1, r2 = distill(1), distill(2)
+  for a, b in zip(jax.tree.leaves(_params(str(tmp_path / "student1"))["params"]),
+                  jax.tree.leaves(_params(str(tmp_path / "student2"))["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # reduction order only
+  assert abs(r1["clean_accuracy"] - r2["clean_accuracy"]) <= 1 / 64 + 1e-9
