@@ -200,3 +200,25 @@ def test_transfer_and_transferability_matrix(digits):
   assert mat.matrix.shape == (2, 2) and mat.names == ("strong", "weak")
   assert mat.matrix[0, 0] < 1.0  # white-box examples fool their own source
   assert "strong" in mat.as_table()
+
+
+def test_stage_bars_are_honest():
+  """Fixed total per stage, never backwards, clock from the stage's start (issue 13)."""
+  import io
+  import time as time_lib
+  out = io.StringIO()
+  cb, close = aa_lib.stage_bars("AA", file=out)
+  t0 = time_lib.time() - 51.0  # a stage that started 51 s ago and reports only at its end
+  ev = lambda done, total, stage="square": aa_lib.ProgressEvent(stage, 3, 4, done, total, 0.5, t0)
+  cb(ev(0, 400))
+  cb(ev(100, 400))   # 25 %
+  cb(ev(100, 200))   # points dropped out: 50 % of the re-estimated work
+  cb(ev(90, 400))    # a smaller estimate never moves the bar back
+  frames = [f for f in out.getvalue().split("\r") if f.strip()]
+  pct = [int(f.split("%")[0].split()[-1]) for f in frames]
+  assert pct == sorted(pct) and pct[-1] == 50, pct  # 25 %, then 50 %, never backwards
+  assert all("00:00<" not in f for f in frames[1:]), frames  # the stage's 51 s, not 00:00
+  cb(ev(200, 200))
+  close()
+  last = [f for f in out.getvalue().split("\r") if f.strip()][-1]
+  assert "100%" in last and "00:5" in last, last  # done, after 51 s

@@ -65,7 +65,7 @@ import dataclasses
 import logging
 import time
 import warnings as _warnings
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -142,13 +142,16 @@ class ProgressEvent:
   """Reported after every chunk: ``done``/``total`` are point-rounds of the stage
   (``total`` is re-estimated as points drop out); ``robust_accuracy`` is the
   accuracy before the stage, except in the stage's last event (sent once the
-  stage's points are re-checked), which carries the accuracy after it."""
+  stage's points are re-checked), which carries the accuracy after it.
+  ``started``: ``time.time()`` when the stage began (its first chunk, compile
+  included, counts in the stage's elapsed time and rate)."""
   stage: str
   stage_index: int
   n_stages: int
   done: int
   total: int
   robust_accuracy: float
+  started: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,24 +237,51 @@ def check_square_sr(acc: dict, alpha: float = 0.002) -> str | None:
   return None
 
 
-def _tqdm_progress():
-  """A ``progress`` callback drawing one tqdm bar per stage (with ETA)."""
-  from tqdm.auto import tqdm
-  bars = {}
+STAGE_BAR_TOTAL = 1000  # every stage's bar counts per mille of its work
 
-  def cb(ev: ProgressEvent):
+
+def stage_bars(desc: str = "", file=None):
+  """``(callback, close)``: one honest tqdm bar per AutoAttack stage.
+
+  A stage's work (point-rounds) shrinks as points are broken, so the bar
+  shows the fraction done on a fixed scale of :data:`STAGE_BAR_TOTAL` (its
+  total never changes mid-stage). Its clock starts when the stage starts
+  (``ProgressEvent.started``), so the first chunk's compilation counts in the
+  elapsed time and the rate: no absurd first rate, and a stage that reports
+  only at its end (Square) shows its real duration. A stage's bar closes at
+  its last event or when the next stage starts.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  bars: dict[str, Any] = {}
+
+  def callback(ev: ProgressEvent):
     bar = bars.get(ev.stage)
     if bar is None:
-      bar = bars[ev.stage] = tqdm(total=max(ev.total, 1), unit="pt",
-                                  desc=f"[{ev.stage_index + 1}/{ev.n_stages}] {ev.stage}")
-    bar.total = max(ev.total, ev.done, 1)
-    bar.n = ev.done
+      for other in bars.values():
+        other.close()
+      bar = bars[ev.stage] = tqdm(
+          total=STAGE_BAR_TOTAL, unit="‰", file=file or sys.stderr, dynamic_ncols=True,
+          smoothing=0.1, desc=(f"{desc} " if desc else "")
+          + f"[{ev.stage_index + 1}/{ev.n_stages}] {ev.stage}",
+          bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]")
+      if ev.started is not None:
+        bar.start_t = bar.last_print_t = ev.started
+    frac = 1.0 if ev.total <= 0 else min(ev.done / ev.total, 1.0)
+    bar.n = max(bar.n, round(STAGE_BAR_TOTAL * frac))  # never backwards
     bar.set_postfix(robust=f"{ev.robust_accuracy:.2%}", refresh=False)
     bar.refresh()
-    if ev.done >= ev.total:
+
+  def close():
+    for bar in bars.values():
       bar.close()
 
-  return cb
+  return callback, close
+
+
+def _tqdm_progress():
+  """A ``progress`` callback drawing one tqdm bar per stage (:func:`stage_bars`)."""
+  return stage_bars()[0]
 
 
 # ---------------------------------------------------------------------------
@@ -392,10 +422,12 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
       sink = _tqdm_progress() if progress is True else progress
       cur_acc = float(robust.mean())
       last = [0, 0]
+      started = time.time()
 
-      def cb(done, total, _name=name, _si=si, _sink=sink, _acc=cur_acc, _last=last):
+      def cb(done, total, _name=name, _si=si, _sink=sink, _acc=cur_acc, _last=last,
+             _started=started):
         _last[:] = [int(done), int(total)]
-        _sink(ProgressEvent(_name, _si, n_stages, int(done), int(total), _acc))
+        _sink(ProgressEvent(_name, _si, n_stages, int(done), int(total), _acc, _started))
     skey = derive_key(key, si)
     xa_stage, zero = _run_stage(name, fn, x, y, robust, skey, cfg, norm_l,
                                 randomized, cb, **({} if mesh is None else {"mesh": mesh}))
@@ -412,7 +444,7 @@ def autoattack(logits_fn, x, y, *, eps, norm: str = "Linf",
     robust[idx[broken]] = False
     acc[name] = float(robust.mean())
     if cb is not None:  # the stage's bar ends on its own result
-      sink(ProgressEvent(name, si, n_stages, last[0], max(last), acc[name]))
+      sink(ProgressEvent(name, si, n_stages, max(last), max(last), acc[name], started))
     timings[name] = time.perf_counter() - t0
     logger.info("robust accuracy after %s: %.2f%% (%.1f s)", name.upper(),
                 100 * acc[name], timings[name])

@@ -382,29 +382,8 @@ def run_autoattack(fn: Partial, x, y, *, eps: float, norm: str, version: str, se
 
 def _stage_bars(desc: str):
   """``(callback, close)``: one tqdm bar (rate, ETA) per AutoAttack stage, on stderr."""
-  import sys  # pylint: disable=g-import-not-at-top
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  bars: dict[str, Any] = {}
-
-  def callback(ev):
-    bar = bars.get(ev.stage)
-    if bar is None:
-      for other in bars.values():
-        other.close()
-      bar = bars[ev.stage] = tqdm(total=max(ev.total, 1), unit="pt", file=sys.stderr,
-                                  dynamic_ncols=True, smoothing=0.1,
-                                  desc=f"{desc} [{ev.stage_index + 1}/{ev.n_stages}] "
-                                  f"{ev.stage}")
-    bar.total = max(ev.total, ev.done, 1)
-    bar.n = ev.done
-    bar.set_postfix(robust=f"{ev.robust_accuracy:.2%}", refresh=False)
-    bar.refresh()
-
-  def close():
-    for bar in bars.values():
-      bar.close()
-
-  return callback, close
+  from kdrobust.attacks import autoattack as aa_lib  # pylint: disable=g-import-not-at-top
+  return aa_lib.stage_bars(desc)
 
 
 # ----------------------------------------------------------------------------
