@@ -25,11 +25,16 @@ def init_distributed(enabled: bool) -> None:
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
-  """A 1-D ``('data',)`` mesh over ``num_devices`` (default: all) devices."""
+  """A 1-D ``('data',)`` mesh over ``num_devices`` (default: all) devices.
+
+  Built by ``jax.make_mesh``, which orders the devices for the platform's
+  topology (TPU torus, GPU NVLink islands) when it is given all of them.
+  """
   devices = jax.devices()
-  if num_devices is not None:
+  if num_devices is not None and num_devices < len(devices):
     devices = devices[:num_devices]
-  return jax.sharding.Mesh(np.asarray(devices), ("data",))
+    return jax.make_mesh((len(devices),), ("data",), devices=devices)
+  return jax.make_mesh((len(devices),), ("data",))
 
 
 def replicated(mesh) -> NamedSharding:
@@ -52,11 +57,13 @@ def replicate(mesh, tree):
   return jax.device_put(tree, replicated(mesh))
 
 
-def check_batch_size(global_batch_size: int, mesh) -> None:
+def check_batch_size(global_batch_size: int, mesh, name: str = "the global batch size") -> None:
+  """Refuse a batch size that does not split evenly over the mesh (``name``: its setting)."""
   n = mesh.devices.size
-  if global_batch_size % n:
-    raise ValueError(
-        f"Global batch size {global_batch_size} is not divisible by the {n} devices of the mesh.")
-  if global_batch_size % jax.process_count():
-    raise ValueError(
-        f"Global batch size {global_batch_size} is not divisible by the {jax.process_count()} processes.")
+  for count, what in ((n, "devices of the mesh"), (jax.process_count(), "processes")):
+    if global_batch_size % count:
+      fit = global_batch_size - global_batch_size % count
+      raise ValueError(
+          f"{name} = {global_batch_size} is not divisible by the {count} {what}. Set it to a "
+          f"multiple of {count} (e.g. {fit or count}), or run on fewer devices "
+          "(--config.num_devices).")

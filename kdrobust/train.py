@@ -435,8 +435,8 @@ def validate(config, workdir: str | None = None) -> tuple[Any, Any]:
     if d.local_linearity and d.local_linearity_steps < 1:
       raise ValueError("config.diagnostics.local_linearity_steps must be >= 1.")
   mesh = parallel.make_mesh(config.num_devices or None)  # no compute: a device list
-  parallel.check_batch_size(config.data.batch_size, mesh)
-  parallel.check_batch_size(config.data.eval_batch_size, mesh)
+  parallel.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
+  parallel.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
   if workdir is not None:
     check_workdir_path(workdir)
   return method, info
@@ -538,8 +538,8 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
 
   # -- Mesh, data geometry, schedule. -----------------------------------------
   mesh = parallel.make_mesh(config.num_devices or None)
-  parallel.check_batch_size(config.data.batch_size, mesh)
-  parallel.check_batch_size(config.data.eval_batch_size, mesh)
+  parallel.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
+  parallel.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
   steps_per_epoch = data_lib.steps_per_epoch(config.data.name, config.data.data_dir or None,
                                              config.data.batch_size)
   total_steps = config.total_steps or config.num_epochs * steps_per_epoch

@@ -19,6 +19,7 @@ import pytest
 from kdrobust import checkpoint as ckpt_lib
 from kdrobust import config_lib
 from kdrobust import data as data_lib
+from kdrobust import parallel
 from kdrobust import teachers as teachers_lib
 from kdrobust import train
 
@@ -257,3 +258,14 @@ def test_distilling_from_a_kdrobust_run_on_two_devices_equals_one(tmp_path):
                   jax.tree.leaves(_params(str(tmp_path / "student2"))["params"])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # reduction order only
   assert abs(r1["clean_accuracy"] - r2["clean_accuracy"]) <= 1 / 64 + 1e-9
+
+
+def test_batch_size_not_divisible_by_devices_is_refused_naming_the_setting():
+  assert jax.device_count() == 8
+  assert parallel.make_mesh(3).devices.size == 3 and parallel.make_mesh().devices.size == 8
+  with pytest.raises(ValueError, match=r"config.data.eval_batch_size = 339 is not divisible by "
+                     r"the 8 devices.*multiple of 8 \(e.g. 336\)"):
+    train.validate(tiny_config(num_devices=8, **{"data.eval_batch_size": 339}))
+  with pytest.raises(ValueError, match=r"config.data.batch_size = 60 .* 8 devices"):
+    train.validate(tiny_config(num_devices=8, **{"data.batch_size": 60}))
+  train.validate(tiny_config(num_devices=4, **{"data.batch_size": 60}))  # 60 = 4 x 15
