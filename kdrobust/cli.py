@@ -147,11 +147,36 @@ def run(fn: Callable[[list[str]], int | None], argv: Sequence[str] | None = None
     return _report(e, debug, EXIT_FAILURE)
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def raised_outside_kdrobust(e: BaseException) -> str:
+  """The file ``e`` was raised in when that is not kdrobust's (else ``''``).
+
+  kdrobust's own checks raise from kdrobust's files; a ``ValueError`` from deep
+  inside JAX, Flax or TFDS may be a bug rather than a mistake in the input,
+  so its one line says where it came from and that ``--debug`` shows how.
+  """
+  tb, last = e.__traceback__, None
+  while tb is not None:
+    last, tb = tb, tb.tb_next
+  if last is None:
+    return ""
+  path = os.path.abspath(last.tb_frame.f_code.co_filename)
+  if path.startswith(_PACKAGE_DIR):
+    return ""
+  return "/".join(path.split(os.sep)[-2:])
+
+
 def _report(e: BaseException, debug: bool, code: int) -> int:
   sys.stdout.flush()
   if debug:
     traceback.print_exception(e, file=sys.stderr)
-  print(f"error: {message(e)}", file=sys.stderr, flush=True)
+  line = f"error: {message(e)}"
+  where = "" if debug or isinstance(e, UserError) else raised_outside_kdrobust(e)
+  if where:
+    line += f" (raised in {where}; {DEBUG_FLAG} shows the traceback)"
+  print(line, file=sys.stderr, flush=True)
   return code
 
 

@@ -499,3 +499,23 @@ def test_subprocess_command_line(module, argv, words, debug, env):
   assert ("Traceback" in r.stderr) == debug, r.stderr[-3000:]
   assert seconds < 60, seconds  # imports dominate: ~3-6 s on 2 cores
   assert snapshot(env["base"]) == before
+
+
+def test_an_error_raised_inside_another_library_says_where_and_how_to_see_it(capsys):
+  """A ValueError from deep inside a library may be a bug: its one line names the file and --debug."""
+  import numpy as np
+
+  def inside_numpy(argv):
+    np.reshape(np.zeros(3), (2, 2))  # ValueError raised in numpy
+
+  def ours(argv):  # a check of kdrobust's own (raised in kdrobust/config_lib.py)
+    from kdrobust import config_lib
+    config_lib.parse_arg("epochs=abc", epochs=1)
+
+  assert cli.run(inside_numpy, []) == cli.EXIT_USER_ERROR
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "--debug shows" in err[0], err
+  assert "numpy" in err[0] or "fromnumeric" in err[0], err
+  assert cli.run(ours, []) == cli.EXIT_USER_ERROR
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "epochs" in err and "--debug" not in err, err
