@@ -206,9 +206,24 @@ def config_differences(old: dict, new: dict, ignore=RESUMABLE_KEYS) -> list[str]
   config does not have: fields added by a newer kdrobust (see
   :func:`new_keys`) must not make an older run unresumable.
   """
-  fa, fb = flatten(old), flatten(new)
+  fa, fb = _resolved(flatten(old)), _resolved(flatten(new))
   skip = lambda k: any(k == i or k.startswith(i + ".") for i in ignore)
   return sorted(k for k in fa if not skip(k) and fa.get(k) != fb.get(k))
+
+
+def _resolved(flat: dict) -> dict:
+  """``teachers.<name>.dtype`` as this backend computes it (``'auto'``: bfloat16 on GPU/TPU,
+  float32 on CPU), so a run saved with ``'float32'`` before ``'auto'`` became the default
+  still resumes where ``'auto'`` means float32, and is refused where it would change."""
+  from kdrobust import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
+  out = dict(flat)
+  for k, v in flat.items():
+    if k.startswith("teachers.") and k.endswith(".dtype") and isinstance(v, str):
+      try:
+        out[k] = teachers_lib.resolve_dtype(v)
+      except ValueError:
+        pass  # an unknown name stays as written (validation reports it)
+  return out
 
 
 def new_keys(old: dict, new: dict) -> list[str]:

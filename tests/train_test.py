@@ -269,3 +269,16 @@ def test_batch_size_not_divisible_by_devices_is_refused_naming_the_setting():
   with pytest.raises(ValueError, match=r"config.data.batch_size = 60 .* 8 devices"):
     train.validate(tiny_config(num_devices=8, **{"data.batch_size": 60}))
   train.validate(tiny_config(num_devices=4, **{"data.batch_size": 60}))  # 60 = 4 x 15
+
+
+def test_teacher_dtype_auto_resumes_a_float32_run_on_cpu():
+  """'auto' (the default since teachers compute in bf16 on accelerators) is float32 on CPU: a run
+  saved with the old default 'float32' still resumes here; one saved with bf16 does not."""
+  assert jax.default_backend() == "cpu"
+  new = tiny_config()
+  new.teachers = {"t": config_lib.teacher_config("/nowhere")}  # dtype 'auto'
+  old = new.to_dict()
+  old["teachers"]["t"]["dtype"] = "float32"
+  assert config_lib.config_differences(old, new.to_dict()) == []
+  old["teachers"]["t"]["dtype"] = "bfloat16"
+  assert config_lib.config_differences(old, new.to_dict()) == ["teachers.t.dtype"]
