@@ -99,7 +99,7 @@ import pytest
 import torch
 import pyautoattack
 
-from attacks_twins_test import digits_apply, digits_data, digits_init, to_nchw
+from attacks_twins_test import digits_data, to_nchw, train_digits
 from kdrobust.attacks import autoattack as aa_lib
 
 torch.set_num_threads(1)  # 2 shared CPU cores
@@ -297,38 +297,11 @@ def cascade_adds(robust: dict[str, np.ndarray], clean: np.ndarray) -> dict[str, 
   return adds
 
 
-def train(x, y, *, c1: int = C1, c2: int = C2, epochs: int = 30, eps: float = 0.1,
-          seed: int = 0, lr: float = 0.05, batch: int = 64) -> dict[str, np.ndarray]:
-  """FGSM-RS adversarial training of the digits CNN (as ``attacks_twins_test.train_digits``,
-  with the widths as arguments): step 1.25 eps from U[-eps, eps], SGD + momentum 0.9."""
-  p = {k: jnp.asarray(v) for k, v in digits_init(seed, c1, c2).items()}
-  mom = jax.tree_util.tree_map(jnp.zeros_like, p)
-
-  def loss_fn(p, xb, yb):
-    return -jnp.mean(jax.nn.log_softmax(digits_apply(p, xb))[jnp.arange(xb.shape[0]), yb])
-
-  @jax.jit
-  def step(p, mom, xb, yb, key):
-    d = jax.random.uniform(key, xb.shape, minval=-eps, maxval=eps)
-    g = jax.grad(lambda u: loss_fn(p, u, yb))(jnp.clip(xb + d, 0, 1))
-    xa = jnp.clip(xb + jnp.clip(d + 1.25 * eps * jnp.sign(g), -eps, eps), 0, 1)
-    mom = jax.tree_util.tree_map(lambda m, g: 0.9 * m + g, mom, jax.grad(loss_fn)(p, xa, yb))
-    return jax.tree_util.tree_map(lambda w, m: w - lr * m, p, mom), mom
-
-  rng = np.random.default_rng(seed)
-  key = jax.random.PRNGKey(seed)
-  n = (len(y) // batch) * batch
-  for ep in range(epochs):
-    for i, idx in enumerate(rng.permutation(len(y))[:n].reshape(-1, batch)):
-      p, mom = step(p, mom, x[idx], y[idx], jax.random.fold_in(key, ep * 1000 + i))
-  return {k: np.asarray(v) for k, v in p.items()}
-
-
 @functools.lru_cache(maxsize=None)
 def setup():
   """Trained weights, masking constants, the first N test points, the torch twin."""
   x_tr, y_tr, x_te, y_te = digits_data()
-  p = masking_params(train(x_tr, y_tr))
+  p = masking_params(train_digits(x_tr, y_tr, c1=C1, c2=C2))
   return p, x_te[:N], y_te[:N], TorchEveryStage(p)
 
 

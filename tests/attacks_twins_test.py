@@ -192,9 +192,12 @@ def digits_logits_fn(p):
 
 
 def train_digits(x, y, *, epochs: int = 30, eps: float = 0.1, seed: int = 0,
-                 lr: float = 0.05, batch: int = 64):
-  """FGSM-RS adversarial training (step 1.25 eps) with SGD+momentum; a few seconds on CPU."""
-  p = {k: jnp.asarray(v) for k, v in digits_init(seed).items()}
+                 lr: float = 0.05, batch: int = 64, c1: int = 16, c2: int = 32):
+  """FGSM-RS adversarial training (step 1.25 eps) with SGD+momentum; a few seconds on CPU.
+
+  ``c1``, ``c2``: the CNN's widths (:func:`digits_init`).
+  """
+  p = {k: jnp.asarray(v) for k, v in digits_init(seed, c1, c2).items()}
   mom = jax.tree_util.tree_map(jnp.zeros_like, p)
 
   def loss_fn(p, xb, yb):
