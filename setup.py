@@ -19,6 +19,8 @@ setuptools.setup(
         # The dataset layer: read through tfds.data_source over ArrayRecord, no TensorFlow.
         "tensorflow-datasets>=4.9.7",
         "array-record>=0.5",
+        # train_iterator(workers=N) / config.data.workers: batches built in worker processes.
+        "grain>=0.2.12",
         "importlib_resources",  # TFDS needs it to prepare datasets but does not declare it.
         "pillow",
         # Bundled 8x8 digits: the real dataset that works on any machine with no network.
@@ -33,6 +35,12 @@ setuptools.setup(
             "pytest-xdist>=3",
             "torch==2.13.0",
             "pyautoattack==0.2.0",
+            # tests/notebooks_test.py executes colabs/*.ipynb headlessly.
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "ipykernel>=6.29",
+            "matplotlib>=3.7",
+            "pandas>=2.0",
         ],
         "tf": ["tensorflow-cpu>=2.16"],
         "plot": ["matplotlib>=3.7"],

@@ -1,6 +1,7 @@
 """Smoke run on the real CIFAR-10 subset (5,085 train / 1,017 test images).
 
-Prepare it once (offline):
+Prepare it once, offline (docs/data.md says what the subset is and how
+``python -m kdrobust.data.cifar_subset`` builds it from the official CIFAR-10 archive):
 
     python -m kdrobust.data.prepare cifar10 \
         --source cifar-10-python-subset.tar.gz \

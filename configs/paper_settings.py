@@ -1008,11 +1008,12 @@ def cifar_config(dataset: str, model: str, rec: dict[str, Any], method: Any, *,
 
 # The CPU-sized runs' data: scikit-learn's 8x8 digits (1,437 train / 360 test,
 # eval batch 120 = 360 / 3) and the real CIFAR-10 subset (5,085 / 1,017, eval
-# batch 339 = 1,017 / 3: no padding needed), each with its log cadence.
+# batch 344: 3 batches, the last padded by 15 masked examples), each with its log
+# cadence. Every batch size divides by 1, 2, 4 and 8 devices (or processes).
 CPU_DATA = {
     "digits": {"name": "digits", "batch_size": 64, "eval_batch_size": 120,
                "log_every_steps": 20},
-    "cifar10_subset": {"name": "cifar10", "batch_size": 128, "eval_batch_size": 339,
+    "cifar10_subset": {"name": "cifar10", "batch_size": 128, "eval_batch_size": 344,
                        "log_every_steps": 10},
 }
 # The only protocol of the CPU-sized distillation configs: short-run choices.

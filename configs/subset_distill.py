@@ -1,6 +1,7 @@
 """Any distillation method on the real CIFAR-10 subset (5,085 / 1,017 images), on a CPU.
 
-Prepare the subset and train its teacher once (see configs/cifar10_subset_pgd_at.py):
+Prepare the subset and train its teacher once (see configs/cifar10_subset_pgd_at.py; docs/data.md
+says what the subset is and how ``python -m kdrobust.data.cifar_subset`` builds it):
 
     python -m kdrobust.data.prepare cifar10 \
         --source cifar-10-python-subset.tar.gz \

@@ -247,12 +247,24 @@ class Checkpointer:
     return out["state"]
 
   def restore_raw_single_device(self, step: int, device=None) -> dict:
-    """:meth:`restore_raw` onto one device (default: the first), whatever topology
-    saved it (a run trained on 8 devices evaluated on 1 would otherwise fail)."""
+    """:meth:`restore_raw` onto one device (default: this process's first), whatever
+    topology saved it (a run trained on 8 devices evaluated on 1 would otherwise fail).
+
+    This process's own device (``jax.local_devices()[0]``), never
+    ``jax.devices()[0]``, which only process 0 owns when several processes run.
+    """
+    return self.restore_raw_placed(
+        step, jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0]))
+
+  def restore_raw_placed(self, step: int, sharding) -> dict:
+    """:meth:`restore_raw` with every leaf placed by ``sharding``, whatever topology saved it.
+
+    E.g. ``NamedSharding(mesh, P())``: replicated on a mesh of any process
+    count (a teacher, :func:`kdrobust.teachers.load`); every process calls it.
+    """
     path = os.path.join(self.directory, str(step), "state")
     tree = ocp.StandardCheckpointHandler().metadata(epath.Path(path))
     tree = getattr(tree, "tree", tree)
-    sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
     abstract = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
     out = self._mngr.restore(

@@ -22,7 +22,7 @@ from kdrobust import weight_averaging as wa_lib
 # Keys that may differ when the same workdir is resumed (cadence, length).
 RESUMABLE_KEYS = ("total_steps", "log_every_steps", "ckpt", "eval.every_epochs",
                   "teacher_eval_examples", "diagnostics", "compilation_cache_dir",
-                  "teacher_entropy", "guard_max_abs")
+                  "teacher_entropy", "guard_max_abs", "data.workers")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
@@ -111,7 +111,10 @@ def base_config() -> mlc.ConfigDict:
   c.num_devices = 0  # 0 = every device
   c.data = mlc.ConfigDict({
       "name": "digits", "data_dir": "", "batch_size": 128,
-      "eval_batch_size": 256, "augment": True})
+      "eval_batch_size": 256, "augment": True,
+      # Decoding processes for streamed (ImageNet-size) data: 0 = a thread pool in this
+      # process; N = N grain worker processes. The batches are identical either way.
+      "workers": 0})
   c.model = mlc.ConfigDict({
       "name": "small_cnn",
       "normalize": True,  # per-dataset mean/std inside the model

@@ -8,7 +8,9 @@ without ``--overwrite``) and flags gradient-masking signs. PGD-20 and CW-inf
 follow the papers' code (the last iterate; ``pgd20_best``/``cw_best`` are
 kdrobust's any-iterate variants). ``--robustbench`` also writes
 ``DIR/eval/<name>.robustbench.json``, the model-info file of a RobustBench
-submission. The presets, the JSON fields and the warnings are documented in
+submission. ``--plot`` draws accuracy against epsilon from eps = 0, titled by
+method and model; ``--compare DIR,DIR`` overlays other runs (teacher against
+students, methods). The presets, the JSON fields and the warnings are documented in
 ``docs/evaluation.md``.
 
 Library use::
@@ -204,7 +206,7 @@ def load_test_data(config, num_examples: int | None = None, *, data_dir: str | N
   for b in data_lib.eval_iterator(config.data.name, data_dir=data_dir or config.data.data_dir
                                   or None, batch_size=batch_size,
                                   num_examples=num_examples or None, process_index=0,
-                                  process_count=1):
+                                  process_count=1, image_dtype="float32"):
     m = np.asarray(b["mask"], bool)
     xs.append(np.asarray(b["image"], np.float32)[m])
     ys.append(np.asarray(b["label"])[m])
@@ -584,8 +586,19 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
                  command: Sequence[str] | None = None, aa_batch_size: int | None = None,
                  robustbench: bool | dict = False, unlearnable: str | None = None,
                  unlearnable_attack: str = "teacher",
-                 precision: str = "highest", weights: str = "auto") -> dict[str, Any]:
+                 precision: str = "highest", weights: str = "auto",
+                 compare: Sequence[str] | str | None = None,
+                 plot_attack: str = "worst") -> dict[str, Any]:
   """Evaluate a run; returns the record written to ``DIR/eval/<name>.json``.
+
+  ``plot`` also writes ``DIR/eval/<name>.png``, accuracy against epsilon from
+  eps = 0 (the clean accuracy), titled by the run's method and model;
+  ``compare`` (run directories, or one comma-separated string; needs
+  ``plot``) overlays those runs, one line each of ``plot_attack`` accuracy
+  ('worst', the default: correct under every attack, or one attack). A
+  compared run is evaluated with the same settings, or its
+  ``eval/<name>.json`` of the same settings is reused when it exists
+  (:func:`plan_compare`); the returned record's ``compare`` lists the files used.
 
   ``unlearnable`` (a file of ``python -m kdrobust.teacher_entropy identify``,
   needs ``teacher``) adds ``diagnostics.teacher_entropy``: the teacher's
@@ -618,6 +631,10 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
            overwrite=overwrite, write=write, plot=plot, teacher=teacher,
            local_linearity=local_linearity, transfer_from=transfer_from,
            aa_batch_size=aa_batch_size, robustbench=robustbench, weights=weights)
+  compare_plans = plan_compare(
+      p, compare, plot=plot, plot_attack=plot_attack, checkpoint=checkpoint,
+      num_examples=num_examples, eps=[l for _, l in p.eps_list], attacks=p.attacks,
+      aa_version=aa_version, norm=norm, weights=weights)  # this run's epsilons, also by default
   if unlearnable:
     from kdrobust import teacher_entropy as te_lib  # pylint: disable=g-import-not-at-top
     te_file = te_lib.check_for_evaluate(p.config.data.name, unlearnable, teacher=teacher,
@@ -683,9 +700,71 @@ def evaluate_run(workdir: str, *, checkpoint: str | int = "best",
     if model_info is not None:
       report.write_json(p.robustbench_path, model_info, overwrite=overwrite)
     record["path"] = report.write_json(p.json_path, record, overwrite=overwrite)
-    if p.png_path:
-      record["plot"] = report.plot_accuracy_vs_eps(record, p.png_path, overwrite=overwrite)
+  if compare_plans:
+    others = _compare_records(compare_plans, write=write, say=say, seed=seed,
+                              num_examples=num_examples,
+                              batch_size=batch_size, aa_version=aa_version, norm=norm,
+                              data_dir=data_dir, progress=progress, log=log,
+                              aa_batch_size=aa_batch_size, precision=precision,
+                              weights=weights)
+    record["compare"] = [{"workdir": r["workdir"], "name": r["name"], "path": r.get("path"),
+                          "reused": r.get("reused", False)} for r in others]
+  if write and p.png_path:
+    record["plot"] = report.plot_accuracy_vs_eps(
+        record, p.png_path, overwrite=overwrite, column=plot_attack,
+        compare=others if compare_plans else ())
   return record
+
+
+def plan_compare(p: Plan, compare, *, plot: bool, plot_attack: str = "worst",
+                 checkpoint="best", **settings) -> list[Plan]:
+  """Check the ``--compare`` runs before any compute; their plans (same settings as ``p``).
+
+  Each must be a kdrobust run directory on the same dataset as ``p``; each is
+  planned with ``p``'s epsilons, attacks, norm and test points, at its own
+  best checkpoint (its latest with ``checkpoint='latest'``), under its own
+  default name, so an evaluation of the same settings found there is reused.
+  """
+  if plot_attack not in report.PLOT_METRICS:
+    raise EvaluationError(f"Unknown --plot_attack {plot_attack!r}; valid: "
+                          f"{', '.join(report.PLOT_METRICS)}.")
+  if plot_attack != "worst" and plot_attack not in p.attacks:
+    raise EvaluationError(f"--plot_attack {plot_attack} is not among --attacks "
+                          f"{','.join(p.attacks)}.")
+  if compare is None or compare == "" or compare == ():
+    return []
+  dirs = [d.strip() for d in compare.split(",")] if isinstance(compare, str) else list(compare)
+  if not plot:
+    raise EvaluationError("--compare overlays runs on the --plot figure: add --plot.")
+  plans = []
+  for d in dirs:
+    if not d or not os.path.exists(os.path.join(d, "config.json")):
+      raise EvaluationError(f"--compare {d!r} is not a kdrobust run directory (no "
+                            "config.json); give run directories separated by commas.")
+    if os.path.realpath(d) == os.path.realpath(p.workdir):
+      raise EvaluationError(f"--compare {d!r} is the --workdir run itself.")
+    q = plan(d, checkpoint="latest" if str(checkpoint).lower() == "latest" else "best",
+             write=False, plot=False, **settings)
+    if q.config.data.name != p.config.data.name:
+      raise EvaluationError(f"--compare {d!r} is a run on {q.config.data.name}, --workdir on "
+                            f"{p.config.data.name}.")
+    plans.append(q)
+  return plans
+
+
+def _compare_records(plans: Sequence[Plan], *, write: bool, say, **settings
+                     ) -> list[dict[str, Any]]:
+  """The compared runs' records: reused from ``eval/<name>.json``, else evaluated."""
+  out = []
+  for q in plans:
+    if os.path.exists(q.json_path):
+      say(f"--compare {q.workdir}: reusing {q.json_path}.")
+      out.append(dict(_read_json(q.json_path), path=q.json_path, reused=True))
+    else:
+      say(f"--compare {q.workdir}: evaluating with the same settings.")
+      out.append(evaluate_run(q.workdir, checkpoint=q.requested, eps=[l for _, l in q.eps_list],
+                              attacks=q.attacks, name=q.name, write=write, **settings))
+  return out
 
 
 def _check_same_classes(fn, other, x, *, what: str) -> None:
@@ -741,7 +820,15 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--name", default=None, help="Output name: DIR/eval/<name>.json.")
   p.add_argument("--overwrite", action="store_true", help="Replace an existing <name>.json.")
   p.add_argument("--plot", action="store_true",
-                 help="Also write DIR/eval/<name>.png (needs matplotlib).")
+                 help="Also write DIR/eval/<name>.png: accuracy against epsilon from eps = 0, "
+                 "titled by method and model (needs matplotlib: pip install 'kdrobust[plot]').")
+  p.add_argument("--compare", default=None, metavar="DIR,DIR,...",
+                 help="With --plot: overlay these runs (e.g. the teacher and other students), "
+                 "one line each, evaluated with the same settings (or their eval/<name>.json "
+                 "of the same settings reused).")
+  p.add_argument("--plot_attack", default="worst", choices=report.PLOT_METRICS,
+                 help="The accuracy drawn per run with --compare: worst (default: correct "
+                 "under every attack) or one attack.")
   p.add_argument("--teacher", default=None,
                  help="Teacher run/converted dir or .pt: adds GD/GC input-gradient figures.")
   p.add_argument("--unlearnable", default=None, metavar="FILE",
@@ -788,9 +875,13 @@ def _main(argv: Sequence[str]) -> int:
       robustbench=(parse_robustbench_fields(args.robustbench_field) or True)
       if args.robustbench else False,
       precision=args.precision, weights=args.weights,
+      compare=args.compare, plot_attack=args.plot_attack,
       progress=not args.no_progress, log=lambda s: print(s, file=sys.stderr, flush=True),
       command=["python -m kdrobust.evaluate"] + list(argv))
   print(report.format_table(record), flush=True)
+  for c in record.get("compare", []):
+    if not c["reused"] and c["path"]:
+      print(f"Wrote {c['path']}", flush=True)
   extra = [record[k] for k in ("plot",) if k in record]
   if "model_info" in record.get("robustbench", {}):
     extra.append(record["robustbench"]["model_info"]["path"])

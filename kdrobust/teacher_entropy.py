@@ -180,7 +180,8 @@ def _train_batches(dataset: str, data_dir: str | None, batch_size: int):
   from kdrobust import data as data_lib  # pylint: disable=g-import-not-at-top
   info = data_lib.info(dataset, data_dir)
   it = data_lib.eval_iterator(dataset, data_dir=data_dir, batch_size=batch_size,
-                              split=info.train_split, process_index=0, process_count=1)
+                              split=info.train_split, process_index=0, process_count=1,
+                              image_dtype="float32")
   for k, b in enumerate(it):
     yield (np.arange(k * batch_size, (k + 1) * batch_size), b["image"], b["label"],
            np.asarray(b["mask"], bool))

@@ -401,15 +401,21 @@ def validate(config, workdir: str | None = None) -> tuple[Any, Any]:
                      f"{', '.join(models_lib.available())}.")
   init_lib.check_init(config.model.get("init", "flax"))
   wa_lib.check_config(config.get("weight_averaging"), config.num_epochs)
+  info = None
   try:
     info = data_lib.info(config.data.name, config.data.data_dir or None)
   except data_lib.DatasetNotFoundError:
     if config.data.name != "digits":
       raise
-    # digits ships inside scikit-learn: preparing it needs no source and no network.
+  # digits ships inside scikit-learn: preparing it needs no source and no network. With
+  # several processes, process 0 decides and prepares it, the others wait (no race).
+  if parallel.broadcast_from_primary(int(info is None)):
     from kdrobust.data import prepare  # pylint: disable=g-import-not-at-top
-    print("Preparing the bundled digits dataset (scikit-learn, offline)...", flush=True)
-    info = prepare.prepare("digits", source=None, data_dir=config.data.data_dir or None)
+    if jax.process_index() == 0:
+      print("Preparing the bundled digits dataset (scikit-learn, offline)...", flush=True)
+      prepare.prepare("digits", source=None, data_dir=config.data.data_dir or None)
+    parallel.sync("kdrobust:digits-prepared")
+    info = data_lib.info(config.data.name, config.data.data_dir or None)
   lo, hi = type(method).teachers
   n = len(config.teachers)
   if n < lo or (hi is not None and n > hi):
@@ -442,8 +448,13 @@ def validate(config, workdir: str | None = None) -> tuple[Any, Any]:
   return method, info
 
 
-def _check_workdir(workdir: str, config_dict: dict, overwrite: bool) -> bool:
-  """Refuse a workdir holding another config; returns True if it holds this run."""
+def _check_workdir(workdir: str, config_dict: dict, overwrite: bool, move: bool = True) -> bool:
+  """Refuse a workdir holding another config; returns True if it holds this run.
+
+  ``move=False``: where ``overwrite`` would move the old run aside, return
+  False without moving it (the other processes of a multi-process run: process
+  0 moves it once every process has read the workdir).
+  """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return False
@@ -463,6 +474,8 @@ def _check_workdir(workdir: str, config_dict: dict, overwrite: bool) -> bool:
         f"{workdir} holds a run of a different config (differs in: {', '.join(diff[:10])}). "
         "Use another --workdir, or pass --overwrite to move the old run aside "
         "(it is renamed, never deleted).")
+  if not move:
+    return False
   backup = f"{workdir.rstrip('/')}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
   shutil.move(workdir, backup)
   logging.warning("Moved the previous run in %s to %s.", workdir, backup)
@@ -501,7 +514,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *,
 
   One writer per workdir: :class:`kdrobust.fileio.WorkdirLock` is held from
   just after validation to the end (a second writer gets
-  :class:`kdrobust.fileio.WorkdirLockedError`; a dead holder's lock is taken over).
+  :class:`kdrobust.fileio.WorkdirLockedError`; a dead holder's lock is taken over). With
+  several processes (``--jax_distributed``) process 0 holds it for the whole run.
   """
   lock = fileio.WorkdirLock(workdir)
   try:
@@ -514,14 +528,23 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
   # -- Validate (no compute before this passes). ------------------------------
   method, info = validate(config, workdir)
   config_dict = config.to_dict()
-  lock.acquire()  # before the workdir is read or moved aside
-  resuming = _check_workdir(workdir, config_dict, overwrite)
-  if not os.path.exists(lock.path):  # --overwrite moved the old run (and the lock) aside
+  # Several processes (kdrobust.parallel): process 0 alone holds the lock and changes the
+  # workdir, after every process has read it (a barrier), so all agree on `resuming`.
+  primary, single = jax.process_index() == 0, jax.process_count() == 1
+  if primary:
+    lock.acquire()  # before the workdir is read or moved aside
+  resuming = _check_workdir(workdir, config_dict, overwrite, move=single)
+  parallel.sync("kdrobust:workdir-read")
+  if primary and not single and not resuming:
+    _check_workdir(workdir, config_dict, overwrite)  # --overwrite: moves the old run aside
+  if primary and not os.path.exists(lock.path):  # --overwrite moved the old run (and lock)
     lock.release()
     lock.acquire()
-  # Teachers are loaded and checked before anything is written: a failed start leaves no
-  # stub config.json that would block the corrected command.
-  teachers = [teachers_lib.load(name, tc) for name, tc in config.teachers.items()]
+  mesh = parallel.make_mesh(config.num_devices or None)
+  # Teachers are loaded (replicated on the mesh, in every process) and checked before
+  # anything is written: a failed start leaves no stub config.json that would block the
+  # corrected command.
+  teachers = [teachers_lib.load(name, tc, mesh) for name, tc in config.teachers.items()]
   for t in teachers:
     teachers_lib.check_against_data(t, info)
   os.makedirs(workdir, exist_ok=True)
@@ -536,8 +559,7 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
     from kdrobust import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
     recipe_lib.write_card(workdir, config)
 
-  # -- Mesh, data geometry, schedule. -----------------------------------------
-  mesh = parallel.make_mesh(config.num_devices or None)
+  # -- Mesh (built above), data geometry, schedule. ----------------------------
   parallel.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
   parallel.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
   steps_per_epoch = data_lib.steps_per_epoch(config.data.name, config.data.data_dir or None,
@@ -573,14 +595,16 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
     state, meta, start_step = restored
     logging.info("Resumed from the checkpoint at step %d in %s.", start_step, workdir)
     print(f"Resumed from the checkpoint at step {start_step} in {workdir}.", flush=True)
-    metrics_lib.truncate_after(os.path.join(workdir, "metrics.jsonl"), start_step)
-  elif resuming:
+    if primary:
+      metrics_lib.truncate_after(os.path.join(workdir, "metrics.jsonl"), start_step)
+  elif resuming and primary:
     metrics_lib.truncate_after(os.path.join(workdir, "metrics.jsonl"), 0)
   writer = metrics_lib.MetricWriter(workdir)  # after the refusal above: it creates tb/
 
   # -- Evaluation setup. ---------------------------------------------------------
+  levels = data_lib.image_levels(config.data.name)  # batches are uint8; steps convert
   eval_step = step_lib.make_eval_step(
-      model.apply, eval_attacks(config.eval), seed=config.seed,
+      model.apply, eval_attacks(config.eval), seed=config.seed, image_levels=levels,
       precision=step_lib.monitor_precision(config.eval.get("precision", "auto"),
                                            config.model.get("dtype", "float32")))
 
@@ -611,7 +635,8 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
     seed = wa_lib.recalibration_seed(config.seed, count)
     it = data_lib.train_iterator(config.data.name, data_dir=config.data.data_dir or None,
                                  batch_size=config.data.batch_size, seed=seed,
-                                 augment=config.data.augment, prefetch_size=0)
+                                 augment=config.data.augment, prefetch_size=0,
+                                 image_dtype="float32")  # recalibrate takes floats
     stats = wa_lib.recalibrate(
         model.apply, st.averaged["params"], st.averaged["batch_stats"],
         (parallel.global_batch(mesh, next(it)) for _ in range(steps_per_epoch)),
@@ -625,7 +650,8 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
     diag_step = step_lib.make_diagnostics_step(
         model.apply, {t.name: t.module.apply for t in teachers} if diag.gradient_agreement
         else {}, local_linearity=diag.local_linearity,
-        local_linearity_steps=diag.local_linearity_steps, seed=config.seed)
+        local_linearity_steps=diag.local_linearity_steps, seed=config.seed,
+        image_levels=levels)
     diag_teacher_vars = teacher_vars if diag.gradient_agreement else ()
     diag_every = max(int(diag.every_epochs * steps_per_epoch), 1)
 
@@ -639,7 +665,7 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
   if start_step == 0 and config.teacher_eval_examples and teachers:
     for t, t_vars in zip(teachers, teacher_vars):  # replicated on the mesh, as in the step
       t_eval = step_lib.make_eval_step(
-          t.module.apply, eval_attacks(config.eval), seed=config.seed,
+          t.module.apply, eval_attacks(config.eval), seed=config.seed, image_levels=levels,
           precision=step_lib.monitor_precision(config.eval.get("precision", "auto"), t.dtype))
       res = evaluate(t_eval, t_vars, eval_batches(config.teacher_eval_examples), mesh,
                      config.eval.eps)
@@ -662,10 +688,11 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
       steps_per_epoch=steps_per_epoch, seed=config.seed, lr_schedule=schedule,
       mesh=mesh, extra_networks={n: step_lib.ExtraNetwork(m.apply, t, sch)
                                  for n, (m, t, sch, _) in extras.items()},
-      weight_averaging=wa_cfg)
+      weight_averaging=wa_cfg, image_levels=levels)
   batches = data_lib.train_iterator(config.data.name, data_dir=config.data.data_dir or None,
                                     batch_size=config.data.batch_size, seed=config.seed,
-                                    start_step=start_step, augment=config.data.augment)
+                                    start_step=start_step, augment=config.data.augment,
+                                    workers=config.data.get("workers", 0))
   meta_base = {"config": config_dict, "code_version": code_version(),
                "teachers": [t.source for t in teachers],
                # config.teachers.<name>.dtype 'auto' resolved on this backend
@@ -678,6 +705,17 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
   bar = metrics_lib.progress(total_steps, initial=start_step)
   t0, s0 = time.time(), start_step
   step = start_step
+  guard_max_abs = config.get("guard_max_abs", BLOWUP_THRESHOLD)
+  pending = None  # (step, metrics, guard values) of a log step, read one step late
+
+  def write_train(at, m):
+    nonlocal t0, s0
+    m["steps_per_sec"] = (at - s0) / max(time.time() - t0, 1e-9)
+    m["epoch"] = at / steps_per_epoch
+    writer.write(at, "train", m)
+    bar.set_postfix_str(metrics_lib.format_scalars(m, ("loss", "lr")), refresh=False)
+    t0, s0 = time.time(), at
+
   with _Preemption() as preempt:
     while step < total_steps:
       batch = parallel.global_batch(mesh, next(batches))
@@ -689,16 +727,22 @@ def _train_and_evaluate(config, workdir: str, *, overwrite: bool, lock) -> dict[
       is_eval = bool(eval_every) and (step % eval_every == 0 or step == total_steps)
       # An evaluated state is always checkpointed: its accuracy labels that checkpoint.
       is_ckpt = step % ckpt_every == 0 or step == total_steps or preempt.requested or is_eval
-      if is_log or is_epoch_end or is_ckpt:
-        _check_finite(state, step, ckpt,  # before anything is saved
-                      config.get("guard_max_abs", BLOWUP_THRESHOLD))
-      if is_log:
-        m = jax.device_get(metrics)
-        m["steps_per_sec"] = (step - s0) / max(time.time() - t0, 1e-9)
-        m["epoch"] = step / steps_per_epoch
-        writer.write(step, "train", m)
-        bar.set_postfix_str(metrics_lib.format_scalars(m, ("loss", "lr")), refresh=False)
-        t0, s0 = time.time(), step
+      # Metrics one step late: a plain log step's metrics and guard values are
+      # read here, after the next step is dispatched, so the device never waits
+      # for the host. Epoch ends and checkpoints read at once: the guard runs
+      # before anything is saved, so a NaN still stops the run with the last
+      # good checkpoint intact (docs/reliability.md).
+      if pending is not None:
+        at, late_metrics, late_guard = pending
+        pending = None
+        _check_guard(jax.device_get(late_guard), at, ckpt, guard_max_abs)
+        write_train(at, _fetch_metrics(late_metrics))
+      if is_epoch_end or is_ckpt:
+        _check_finite(state, step, ckpt, guard_max_abs)  # before anything is saved
+        if is_log:
+          write_train(step, _fetch_metrics(metrics))
+      elif is_log:  # dispatched now, read after the next step's dispatch
+        pending = (step, metrics, _guard_values(state))
       if is_eval or is_ckpt:  # stale statistics of the average recalibrated (if configured)
         state = refresh_average(state)
       if is_eval:
@@ -791,9 +835,30 @@ def _max_abs(tree) -> jax.Array:
   return jnp.max(jnp.stack(leaves)) if leaves else jnp.float32(0)
 
 
+def _fetch_metrics(metrics):
+  """The host copy of a step's metrics (the loop's only read of them; a test hook)."""
+  return jax.device_get(metrics)
+
+
+def _guard_values(state: TrainState) -> tuple[jax.Array, jax.Array]:
+  """``(state.nonfinite, max |params, BN statistics|)``: the guard's inputs, on the device.
+
+  Dispatched without waiting, so a log step can read them one step late
+  (new buffers: ``state`` itself is donated to the next step).
+  """
+  extra = {n: {k: e[k] for k in ("params", "batch_stats") if k in e}  # PeerAiD's peer, ...
+           for n, e in (getattr(state, "extra", None) or {}).items()}
+  return (jnp.copy(state.nonfinite),
+          _max_abs({"params": state.params, "batch_stats": state.batch_stats, "extra": extra}))
+
+
 def _check_finite(state: TrainState, step: int, ckpt,
                   threshold: float = BLOWUP_THRESHOLD) -> None:
-  """The NaN guard, run at log steps, epoch ends and before every checkpoint.
+  """The NaN guard, run at epoch ends, before every checkpoint and at log steps.
+
+  At a plain log step (no save, no epoch end) the loop reads the guard's
+  values (:func:`_guard_values`, taken from that step's state) one step late,
+  after dispatching the next step; nothing is saved in between.
 
   Stops the run if an update was rejected (loss or gradients NaN/Inf,
   ``state.nonfinite``) or if a parameter or BN statistic (of the student or
@@ -804,11 +869,12 @@ def _check_finite(state: TrainState, step: int, ckpt,
   "good" (training continued finitely from it); the message names the last
   good one, or says there is none.
   """
-  rejected = int(jax.device_get(state.nonfinite))
-  extra = {n: {k: e[k] for k in ("params", "batch_stats") if k in e}  # PeerAiD's peer, ...
-           for n, e in (getattr(state, "extra", None) or {}).items()}
-  size = float(jax.device_get(_max_abs({"params": state.params,
-                                        "batch_stats": state.batch_stats, "extra": extra})))
+  _check_guard(_guard_values(state), step, ckpt, threshold)
+
+
+def _check_guard(values, step: int, ckpt, threshold: float = BLOWUP_THRESHOLD) -> None:
+  """:func:`_check_finite` on ``_guard_values(state)`` of the state after ``step`` (blocks)."""
+  rejected, size = (int(values[0]), float(values[1]))
   if rejected == 0 and size <= threshold:  # NaN compares False: caught here
     ckpt.mark_healthy(step)
     return

@@ -30,6 +30,12 @@ PyTorch's ``loss.backward(); opt_a.step(); opt_b.step()``), so the order of
 the updates does not change the result. A rejected (non-finite) step keeps
 every network's previous state.
 
+Input images: every step takes the pipeline's uint8 batches (or float32 ones)
+and converts them once at its top with :func:`kdrobust.data.device.to_float`
+(``image_levels``: 255, or 16 for the 8x8 digits;
+:func:`kdrobust.data.pipeline.image_levels`), bit for bit the host's float32
+values, so attacks and methods always see float32 in [0, 1].
+
 Weight averaging (``weight_averaging=`` ``config.weight_averaging``,
 :mod:`kdrobust.weight_averaging`): the step's last act updates
 ``state.averaged`` from the post-step student (a ``lax.cond``, true only at
@@ -49,6 +55,7 @@ import optax
 
 from kdrobust import losses
 from kdrobust import weight_averaging as wa_lib
+from kdrobust.data import device as data_device
 from kdrobust.methods.base import (Ctx, InnerStudent, Method, TrainForward,
                                    epoch_boundary, has_epoch_update)
 from kdrobust.state import TrainState
@@ -95,11 +102,12 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
                     lr_schedule: Callable | None = None, mesh=None,
                     jit: bool = True,
                     extra_networks: Mapping[str, ExtraNetwork] | None = None,
-                    weight_averaging=None):
+                    weight_averaging=None, image_levels: int = 255):
   """Build the train step for ``method`` (see the module docstring).
 
   ``extra_networks`` maps each name of ``method.extra_networks`` to its
-  :class:`ExtraNetwork` (exactly those names).
+  :class:`ExtraNetwork` (exactly those names). ``image_levels``: the uint8
+  images' conversion (module docstring).
   """
   base_key = jax.random.PRNGKey(seed)
   teacher_apply_fns = tuple(teacher_apply_fns)
@@ -110,6 +118,7 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
                      f"make_train_step got {sorted(extra_networks)}.")
 
   def step(state: TrainState, teacher_variables, batch):
+    batch = data_device.batch_to_float(batch, image_levels)  # uint8 -> [0, 1], once
     key = jax.random.fold_in(base_key, state.step)
     epoch = (state.step // steps_per_epoch + 1).astype(jnp.float32)
     variables = state.variables()
@@ -219,7 +228,7 @@ def make_train_step(*, apply_fn, method: Method, tx: optax.GradientTransformatio
 
 
 def make_eval_step(apply_fn, attacks: Mapping[str, Callable], *, seed: int = 0,
-                   precision: str = "highest"):
+                   precision: str = "highest", image_levels: int = 255):
   """Per-batch correct counts: ``eval(variables, batch, eps) -> {name: count}``.
 
   Batch norm runs in inference mode; the forwards and the attacks run at
@@ -233,7 +242,8 @@ def make_eval_step(apply_fn, attacks: Mapping[str, Callable], *, seed: int = 0,
   builds ``attacks`` from ``config.eval.attacks`` with :func:`eval_attack`,
   whose PGD returns the last iterate by default: the base config's ``pgd20``
   monitor is the papers' PGD-20, the ``pgd20`` preset of
-  ``kdrobust.evaluate`` (which draws its own random starts).
+  ``kdrobust.evaluate`` (which draws its own random starts). uint8 batch
+  images are converted at the top (``image_levels``, module docstring).
   """
   from kdrobust.attacks import _precision  # pylint: disable=g-import-not-at-top
   _precision.check_precision(precision)
@@ -243,7 +253,8 @@ def make_eval_step(apply_fn, attacks: Mapping[str, Callable], *, seed: int = 0,
   def eval_step(variables, batch, eps, batch_index):
     with _precision.attack_scope(precision):
       logits_fn = lambda x: apply_fn(variables, x, train=False)
-      x, y, mask = batch["image"], batch["label"], batch["mask"]
+      x = data_device.to_float(batch["image"], image_levels)  # uint8 -> [0, 1], once
+      y, mask = batch["label"], batch["mask"]
       out = {"clean": jnp.sum(losses.accuracy(logits_fn(x), y) * mask)}
       key = jax.random.fold_in(base_key, batch_index)
       for i, (name, attack) in enumerate(sorted(attacks.items())):
@@ -275,7 +286,7 @@ def monitor_precision(eval_precision: str, compute_dtype: str = "float32") -> st
 
 def make_diagnostics_step(apply_fn, teacher_apply_fns: Mapping[str, Callable] | None = None, *,
                           local_linearity: bool = False, local_linearity_steps: int = 50,
-                          seed: int = 0):
+                          seed: int = 0, image_levels: int = 255):
   """Per-batch sums of the distillation diagnostics (:mod:`kdrobust.diagnostics`).
 
   ``diag(variables, teacher_variables, batch, eps, batch_index) -> {name: sum}``
@@ -285,7 +296,7 @@ def make_diagnostics_step(apply_fn, teacher_apply_fns: Mapping[str, Callable] | 
   ``local_linearity`` the sum of KDIGA's ``gamma(eps, x_i)``; plus ``count``.
   Sums respect ``batch['mask']``; divide by ``count`` for the means. Student
   and teachers run in inference mode at 'highest' matmul precision; ``eps``
-  is traced.
+  is traced. uint8 batch images are converted at the top (``image_levels``).
   """
   from kdrobust import diagnostics  # pylint: disable=g-import-not-at-top
   base_key = jax.random.PRNGKey(seed)
@@ -296,7 +307,8 @@ def make_diagnostics_step(apply_fn, teacher_apply_fns: Mapping[str, Callable] | 
   def diag_step(variables, teacher_variables, batch, eps, batch_index):
     with jax.default_matmul_precision("highest"):
       student = lambda x: apply_fn(variables, x, train=False)
-      x, y, mask = batch["image"], batch["label"], batch["mask"].astype(jnp.float32)
+      x, y = data_device.to_float(batch["image"], image_levels), batch["label"]
+      mask = batch["mask"].astype(jnp.float32)
       out = {"count": jnp.sum(mask)}
       for name, f, v in zip(names, fns, teacher_variables):
         agree = diagnostics.gradient_agreement(student, teacher_logits_fn(f, v), x, y)

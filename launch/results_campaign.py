@@ -1,9 +1,14 @@
 """Results campaign: one robust teacher distilled by every method, evaluated.
 
-    python launch/results_campaign.py --dataset digits --seeds 0,1,2 --root /work/runs/digits
-    python launch/results_campaign.py --dataset subset --seeds 0 --root /work/runs/subset \
-        --aa_examples 500 --data_dir /work/data
-    python launch/results_campaign.py --report --roots /work/runs/digits,/work/runs/subset
+    python launch/results_campaign.py --dataset digits --seeds 0,1,2 --root runs/digits
+    python launch/results_campaign.py --dataset subset --seeds 0 --root runs/subset \
+        --aa_examples 500 --data_dir data
+    python launch/results_campaign.py --report --roots runs/digits,runs/subset
+
+The defaults are the repository's ``runs/digits`` (``--root``), ``data``
+(``--data_dir``, where ``python -m kdrobust.data.prepare cifar10 --source
+cifar-10-python-subset.tar.gz --data_dir data`` puts the subset; docs/data.md)
+and ``runs/digits,runs/subset`` (``--roots``).
 
 Resumable: a run whose ``results.json`` exists is not trained again, an
 evaluation whose ``eval/<name>.json`` exists is not run again (the row is
@@ -471,16 +476,18 @@ def main(argv=None) -> int:
   p.add_argument("--dataset", choices=("digits", "subset"), default="digits")
   p.add_argument("--seeds", default="0")
   p.add_argument("--methods", default="all", help=f"comma list of {ALL_METHODS} or 'all'")
-  p.add_argument("--root", default="/work/runs/digits")
+  p.add_argument("--root", default=os.path.join(REPO, "runs", "digits"))
   p.add_argument("--aa_examples", type=int, default=0, help="test points (0 = all)")
-  p.add_argument("--data_dir", default="/work/data", help="TFDS data_dir of the subset")
+  p.add_argument("--data_dir", default=os.path.join(REPO, "data"),
+                 help="TFDS data_dir of the subset (default: the repository's data/)")
   p.add_argument("--retry_failed", action="store_true")
   p.add_argument("--teacher_eval_last", action="store_true",
                  help="evaluate the (already trained) teacher after the students")
   p.add_argument("--report", action="store_true")
   p.add_argument("--diagnostics", action="store_true",
                  help="GD/GC vs the teacher and local linearity for every finished run")
-  p.add_argument("--roots", default="/work/runs/digits,/work/runs/subset")
+  p.add_argument("--roots", default=",".join(os.path.join(REPO, "runs", d)
+                                             for d in ("digits", "subset")))
   p.add_argument("--out", default=os.path.join(REPO, "docs", "results.md"))
   args = p.parse_args(argv)
   if args.report:

@@ -1,6 +1,8 @@
 """APGD / APGD-T: schedule, quirks, float64 parity with pyautoattack, properties, tracing.
 
-Parity (attacks.md 9.2): the tiny twin models in float64, the same numpy start
+Parity (docs/evaluation.md, "How the attacks are checked"; the reference
+``fra31/auto-attack@a392200 autoattack/autopgd_base.py``): the tiny twin models in
+float64, the same numpy start
 ``x_init`` injected into ``APGDAttack.attack_single_run`` and into
 :func:`apgd_single_run`. Tolerances:
 

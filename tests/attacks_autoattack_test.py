@@ -1,7 +1,8 @@
 """AutoAttack orchestration, sanity checks, transfer evaluation, and the statistical
 comparison with ``pyautoattack`` on a small model trained on real data.
 
-Statistical check (attacks.md 9.4, scaled down): a CNN adversarially trained
+Statistical check (docs/evaluation.md, "How the attacks are checked", layer 3): a CNN
+adversarially trained
 on scikit-learn digits (8x8x1, a few seconds) is evaluated by this package's
 ``autoattack(version='standard')`` and by ``pyautoattack.AutoAttack(...,
 version='standard', device='cpu', seed=0)`` on the same 200 test points at
@@ -67,7 +68,8 @@ def test_sanity_checks():
 
 
 # ---------------------------------------------------------------------------
-# Orchestration with scripted stages (attacks.md 9.2 "Orchestrator").
+# Orchestration with scripted stages (docs/evaluation.md, "How the attacks are checked";
+# the reference: fra31/auto-attack@a392200 autoattack/autoattack.py, run_standard_evaluation).
 # ---------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""PGD / CW-inf presets against PyTorch references (attacks.md 9.4 item 7).
+"""PGD / CW-inf presets against PyTorch references (docs/evaluation.md, attack checks).
 
 * ``torchattacks.PGD(eps, alpha, steps, random_start=False)`` (install with
   ``pip install --no-deps torchattacks==3.5.1``; skipped when absent) against
@@ -7,7 +7,7 @@
   agreeing points (torchattacks projects via ``x + clip(x' - x)``, we clip
   ``x'`` to ``[x - eps, x + eps]``: one-ulp differences).
 * CW-inf against a ~20-line torch reference written here from the formula
-  (attacks.md 1, 8): L-inf PGD on ``-max(z_y - max_{j != y} z_j + kappa, 0)``,
+  (docs/evaluation.md, Presets): L-inf PGD on ``-max(z_y - max_{j != y} z_j + kappa, 0)``,
   summed, zero init, returning the most recent misclassified iterate (else the
   last): exact agreement in float64.
 """

@@ -9,7 +9,8 @@ module's own jitted pieces (``apgd._apgd_step_jit``, ``apgd.run_rounds``,
 ``fab._fab_init_jit``) and through models that record their inputs
 (``jax.debug.callback``). The reference ``pyautoattack`` 0.2.0 runs on the
 same model and inputs with its own torch RNG, observed the same way (wrapped
-methods, a recording model). Properties compared (attacks.md sections 2-6):
+methods, a recording model). Properties compared (``fra31/auto-attack@a392200``
+``autoattack/autopgd_base.py``, ``fab_pt.py``, ``square.py``, ``autoattack.py``):
 
 * start points: APGD L-inf ``x + eps t / max|t|``, ``t ~ U[-1, 1)`` (on the
   eps-sphere, then clipped), APGD L2 ``x + eps t / ||t||``, ``t ~ N(0, I)``;

@@ -3,7 +3,8 @@
 The reference's ``random_choice`` / ``random_int`` (and, for L2, the
 ``torch.rand([1])`` transpose coin of ``eta``) are monkeypatched to read
 the same numpy draws that :class:`ArraySource` feeds the JAX kernel
-(attacks.md 9.2). Tolerances, float64 twins:
+(``fra31/auto-attack@a392200 autoattack/square.py``, as pyautoattack 0.2.0 ships
+it; docs/evaluation.md, "How the attacks are checked"). Tolerances, float64 twins:
 
 * L-inf: ``x_best`` identical (max |dx| = 0), margins to 1e-12, identical
   query counts.

@@ -1,4 +1,4 @@
-"""Tiny JAX/PyTorch twin models shared by the attack parity tests (attacks.md 9.2, 9.3).
+"""Tiny JAX/PyTorch twin models shared by the attack parity tests (docs/evaluation.md).
 
 The same architecture, conv(3->8, 3x3, pad 1)-ReLU-flatten-dense(512->10) on
 8x8x3 inputs, exists as a plain-JAX function (NHWC) and a torch module (NCHW)

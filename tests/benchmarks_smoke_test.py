@@ -144,3 +144,26 @@ def test_wheels_are_imported_from_the_zip_and_slimmed(tmp_path):
   finally:
     sys.path[:] = [p for p in sys.path if p != str(whl)]
     sys.modules.pop("kdr_fake_wheel", None)
+
+
+def test_data_pipeline_smoke_measures_both_imagenet_paths(tmp_path):
+  """``benchmarks/data_pipeline.py --smoke``: every figure of both sections is written.
+
+  ImageNet path on 8 generated JPEGs: the decode limits, the thread pool
+  (before) and one grain worker (after), each a positive images/s (about
+  15 s on 2 busy cores, mostly the worker's start). Speeds are not asserted.
+  """
+  out = tmp_path / "pipe.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "data_pipeline.py"),
+                         "--smoke", "--json", str(out)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  with open(out) as f:
+    res = json.load(f)
+  inet = res["imagenet"]
+  for key in ("limit_decode_per_core", "limit_decode_crop_flip_per_core", "before_threads1",
+              "before_threads1_per_core", "after_workers1", "after_workers1_per_core"):
+    assert inet[key] > 0, key
+  assert inet["num_jpegs"] == 8 and inet["jpeg_kB"] > 10  # real JPEGs, not blank ones
+  assert res["cifar"]["train_aug_prefetch"] > 0 and res["cifar"]["eval"] > 0

@@ -27,7 +27,7 @@ CONFIGS = os.path.join(ROOT, "configs")
 SUPPORT_MODULES = ("paper_settings.py",)  # data, not configs
 CIFAR_FILES = ("cifar_adaad", "cifar_ard", "cifar_darht", "cifar_iad", "cifar_igdm", "cifar_kd",
                "cifar_kdiga", "cifar_mtard", "cifar_natural", "cifar_rslad",
-               # issue 12 (methods_next.md)
+               # issue 12 (docs/fidelity.md, "Methods published since")
                "cifar_absld", "cifar_b_mtard", "cifar_cgard", "cifar_fair_ard", "cifar_saad")
 # The paper configs: official students are PyTorch modules (model.init='torch').
 PAPER_FILES = CIFAR_FILES + ("cifar10_pgd_at", "cifar10_trades", "igdm_datasets")
@@ -166,6 +166,16 @@ def _args(arg):
   return dict(p.split("=", 1) for p in (arg or "").split(",") if p)
 
 
+@pytest.mark.parametrize("name", CPU_FILES)
+def test_cpu_batches_fit_1_2_4_8_devices_or_processes(name):
+  """The CPU-sized configs run on 2 processes (tests/multiprocess_test.py) or 8 devices."""
+  mod = load(name)
+  for arg in [None] + getattr(mod, "arg_combinations", list)():
+    c = mod.get_config(arg)
+    assert c.data.batch_size % 8 == 0 and c.data.eval_batch_size % 8 == 0, (
+        name, arg, c.data.batch_size, c.data.eval_batch_size)
+
+
 @pytest.mark.parametrize("name", ["cifar_igdm", "cifar_ard", "cifar_iad", "cifar_rslad",
                                   "cifar_adaad"])
 def test_igdm_alpha_from_the_table(name):
@@ -291,7 +301,7 @@ def test_teacher_layouts_build(dataset, key):
   assert shapes[head] == (t["num_classes"], shapes[head][1])
 
 
-# -- Issue 8: the official and IGDM protocols as the codes run (methods.md errata). --
+# -- Issue 8: the official and IGDM protocols as the codes run (docs/fidelity.md errata). --
 
 DISTILL_FILES = ("cifar_adaad", "cifar_ard", "cifar_darht", "cifar_iad", "cifar_igdm", "cifar_kd",
                  "cifar_kdiga", "cifar_mtard", "cifar_rslad", "igdm_datasets", "digits_distill",
@@ -460,7 +470,7 @@ def test_e9_darht_table_schedule():
     ("svhn_cropped", "resnet18", 50, (40, 45), 10),
     ("tiny_imagenet", "preact_resnet18", 100, (50, 80), 200)])
 def test_igdm_svhn_and_tiny_imagenet(dataset, student, epochs, decay, classes):
-  """Issue 8a: IGDM's SVHN and Tiny ImageNet settings (methods.md 2, 6.3, 9.4)."""
+  """Issue 8a: IGDM's SVHN and Tiny ImageNet settings (IGDM, ICLR 2025, App. B.1-B.2, Tab. 1)."""
   from kdrobust.data import catalog  # pylint: disable=g-import-not-at-top
   ps = settings()
   mod = load("igdm_datasets")

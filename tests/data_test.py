@@ -229,7 +229,8 @@ def test_digits_builds_exactly(tmp_path):
   i = kd.info("digits", d)
   assert (i.num_classes, i.image_shape, i.num_train, i.num_test) == (
       10, (8, 8, 1), 1437, 360)
-  batches = list(kd.eval_iterator("digits", data_dir=d, batch_size=400, **SOLO))
+  batches = list(kd.eval_iterator("digits", data_dir=d, batch_size=400,
+                                  image_dtype="float32", **SOLO))
   (b,) = batches
   x = b["image"][b["mask"]]
   assert x.shape == (360, 8, 8, 1) and x.dtype == np.float32
@@ -241,7 +242,8 @@ def test_digits_builds_exactly(tmp_path):
   assert got == want
   assert np.bincount(b["label"][b["mask"]], minlength=10).min() >= 35  # stratified
   # No augmentation for 8x8: augmented training images are dataset images.
-  t = next(kd.train_iterator("digits", data_dir=d, batch_size=32, seed=0, **SOLO))
+  t = next(kd.train_iterator("digits", data_dir=d, batch_size=32, seed=0,
+                             image_dtype="float32", **SOLO))
   assert t["image"].shape == (32, 8, 8, 1)
   assert set(map(bytes, t["image"][..., 0])) <= {k[0] for k in want} | set(
       bytes((vv / 16).astype(np.float32)) for vv in builders.digits_split()["train"][0])
@@ -280,9 +282,8 @@ def test_svhn_from_mat_files(tmp_path):
 
 def check_train_batch(b, n, shape):
   assert set(b) == {"image", "label"}
-  assert b["image"].shape == (n,) + shape and b["image"].dtype == np.float32
+  assert b["image"].shape == (n,) + shape and b["image"].dtype == np.uint8
   assert b["label"].shape == (n,) and b["label"].dtype == np.int32
-  assert 0.0 <= b["image"].min() and b["image"].max() <= 1.0
 
 
 def test_train_contract_on_prepared_cifar(cifar_dir):
@@ -327,6 +328,7 @@ def test_resume_equals_uninterrupted(start):
   kw = dict(data_dir=None, batch_size=64, seed=3, **SOLO)
   full = take(kd.train_iterator(SYN, **kw), start + 4)
   resumed = take(kd.train_iterator(SYN, start_step=start, **kw), 4)
+  assert resumed[0]["image"].dtype == np.uint8  # the stream that travels to the device
   assert_batches_equal(full[start:], resumed)
 
 
@@ -387,7 +389,8 @@ def test_eval_counts_every_example_once(num_examples, batch):
   mask = np.concatenate([b["mask"] for b in batches])
   label = np.concatenate([b["label"] for b in batches])
   assert mask.dtype == bool and mask.sum() == n and mask[:n].all()
-  np.testing.assert_array_equal(image[:n], test["image"][:n] / np.float32(255))
+  assert image.dtype == np.uint8
+  np.testing.assert_array_equal(image[:n], test["image"][:n])
   np.testing.assert_array_equal(label[:n], test["label"][:n])
   assert not image[n:].any() and not label[n:].any()
 
@@ -480,3 +483,64 @@ def test_inception_crop_box_in_bounds():
       assert ch > 0 and cw > 0
   y = augment.resize_center_crop(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
   assert y.shape == (224, 224, 3)
+
+
+# --- uint8 batches, the device conversion, grain workers (issues 11 and 13) -----
+
+
+def test_uint8_default_float32_option_and_device_conversion_agree_bitwise():
+  """uint8 batches; image_dtype='float32' is their host conversion; the device's equals it.
+
+  Tolerance: 0 (bitwise, compared as uint32 views), for levels 255 and the
+  digits' 16. A device ``u / 255`` (XLA: ``u * (1/255)``) would fail here.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from kdrobust.data import device  # pylint: disable=g-import-not-at-top
+  kw = dict(data_dir=None, batch_size=32, seed=2, start_step=5, **SOLO)
+  u8 = take(kd.train_iterator(SYN, **kw), 2)
+  f32 = take(kd.train_iterator(SYN, image_dtype="float32", **kw), 2)
+  for a, b in zip(u8, f32):
+    assert a["image"].dtype == np.uint8 and b["image"].dtype == np.float32
+    np.testing.assert_array_equal(augment.to_float(a["image"]), b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  ev = next(kd.eval_iterator(SYN, data_dir=None, batch_size=48, image_dtype="float32",
+                             **SOLO))
+  assert ev["image"].dtype == np.float32 and 0.0 <= ev["image"].min() <= ev["image"].max() <= 1
+  every = np.arange(256, dtype=np.uint8).reshape(4, 8, 8, 1)
+  for levels in (255, 16):
+    got = np.asarray(jax.jit(lambda x, lv=levels: device.to_float(x, lv))(every))
+    want = augment.to_float(every, levels)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+  x = np.full((2, 2), 0.5, np.float32)
+  assert device.to_float(x) is x  # floats pass through
+  with pytest.raises(ValueError, match="uint8 or floating"):
+    device.to_float(np.zeros((2,), np.int32))
+
+
+def test_bad_image_dtype_or_workers_is_refused_before_loading():
+  with pytest.raises(ValueError, match="valid: uint8, float32"):
+    kd.train_iterator(SYN, data_dir=None, batch_size=8, seed=0, image_dtype="float16", **SOLO)
+  with pytest.raises(ValueError, match="valid: uint8, float32"):
+    kd.eval_iterator(SYN, data_dir=None, batch_size=8, image_dtype="f32", **SOLO)
+  with pytest.raises(ValueError, match="workers must be >= 0"):
+    kd.train_iterator(SYN, data_dir=None, batch_size=8, seed=0, workers=-1, **SOLO)
+
+
+def test_grain_workers_equal_the_in_process_stream_resume_and_slices():
+  """workers=N (grain processes) yields the in-process batches: from step 0, resumed, sliced.
+
+  Tolerance: 0 (uint8 equality). Global batch 32 over 512 examples (16 steps
+  per epoch); steps 14-17 cross an epoch boundary.
+  """
+  kw = dict(data_dir=None, batch_size=32, seed=6)
+  want = take(kd.train_iterator(SYN, **SOLO, **kw), 18)
+  got = kd.train_iterator(SYN, workers=2, start_step=14, **SOLO, **kw)
+  assert_batches_equal(want[14:18], [next(got) for _ in range(4)])  # resumed, 2 workers
+  del got
+  # Process 1 of 2 (one worker) takes the second half of each global batch.
+  part = kd.train_iterator(SYN, workers=1, start_step=3, process_index=1, process_count=2, **kw)
+  for s in range(3, 5):
+    b = next(part)
+    for k in ("image", "label"):
+      np.testing.assert_array_equal(b[k], want[s][k][16:])

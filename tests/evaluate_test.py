@@ -7,6 +7,7 @@ the test; every evaluation uses at most 32 test points.
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -136,6 +137,86 @@ def test_plot_needs_matplotlib(run_dir):
   rec = evaluate.evaluate_run(run_dir, eps=EPS, num_examples=8, attacks="clean,fgsm",
                               plot=True, progress=False, log=None)
   assert os.path.getsize(rec["plot"]) > 0
+
+
+def _figure(records, **kw):
+  pytest.importorskip("matplotlib")
+  fig = report.accuracy_figure(records, **kw)
+  ax = fig.axes[0]
+  report.require_matplotlib().close(fig)
+  return ax
+
+
+def test_plot_is_titled_by_method_and_model_and_starts_at_eps_zero(record):
+  assert record["method"] == "pgd_at" and record["model"]  # read from the run's config
+  ax = _figure([record])
+  assert "pgd_at" in ax.get_title() and record["model"] in ax.get_title()
+  assert record["name"] not in ax.get_title()  # not the file name
+  assert ax.get_ylim() != (0.0, 100.0)  # autoscaled
+  labels = [line.get_label() for line in ax.get_lines()]
+  assert labels == ["clean", "FGSM", "PGD-20", "CW-inf", "AA"]
+  for line in ax.get_lines():
+    assert line.get_xdata()[0] == 0.0  # eps = 0: the clean accuracy, for every attack
+    assert line.get_ydata()[0] == pytest.approx(100 * record["clean_acc"], abs=1e-9)
+    assert list(line.get_xdata()[1:]) == pytest.approx([2.0, 25.5], abs=1e-9)  # x 1/255
+
+
+def test_plot_compare_draws_one_line_per_run_labelled_by_method_and_model(record):
+  runs = [record, dict(record, method="trades", model="resnet18"),
+          dict(record, method="trades", model="resnet18", workdir="/runs/trades_seed1")]
+  runs[1]["per_eps"] = [dict(e, worst_case=0.5 * e["worst_case"]) for e in record["per_eps"]]
+  ax = _figure(runs)
+  labels = [line.get_label() for line in ax.get_lines()]
+  assert len(labels) == 3
+  assert labels[0] == f"pgd_at ({record['model']})"
+  assert labels[1].startswith("trades (resnet18)") and labels[1] != labels[2]
+  assert labels[2].endswith("[trades_seed1]")  # same method and model: the run's directory
+  ys = [list(line.get_ydata()) for line in ax.get_lines()]
+  assert ys[0] == pytest.approx([100 * record["clean_acc"]] + [
+      100 * e["worst_case"] for e in sorted(record["per_eps"], key=lambda e: e["eps"])])
+  assert ys[1][1:] == pytest.approx([0.5 * v for v in ys[0][1:]])
+  assert "worst case over FGSM, PGD-20, CW-inf, AA" in ax.get_ylabel()
+  assert "PGD-20" in _figure(runs, column="pgd20").get_ylabel()
+  with pytest.raises(ValueError, match="valid: worst, clean"):
+    report.accuracy_figure(runs, column="pgd")
+
+
+def test_compare_evaluates_or_reuses_the_other_runs(run_dir, tmp_path, monkeypatch):
+  pytest.importorskip("matplotlib")
+  other = str(tmp_path / "other")
+  shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("eval"))
+  drawn = []
+  real = report.accuracy_figure
+  monkeypatch.setattr(report, "accuracy_figure",
+                      lambda recs, **kw: drawn.append(len(recs)) or real(recs, **kw))
+  kw = dict(eps="0.1", num_examples=8, attacks="clean,fgsm", plot=True, compare=other,
+            progress=False, log=None)
+  rec = evaluate.evaluate_run(run_dir, name="cmp1", **kw)
+  assert drawn == [2] and os.path.getsize(rec["plot"]) > 0
+  (c,) = rec["compare"]
+  assert not c["reused"] and os.path.exists(c["path"])
+  assert c["path"] == os.path.join(other, "eval", "best-step2_linf_eps0.1_n8_clean-fgsm.json")
+  rec = evaluate.evaluate_run(run_dir, name="cmp2", plot_attack="fgsm", **kw)
+  assert rec["compare"][0]["reused"] and drawn == [2, 2]
+
+
+def test_bad_compare_fails_before_compute(run_dir, tmp_path, monkeypatch, capsys):
+  pytest.importorskip("matplotlib")
+  monkeypatch.setattr(evaluate, "load_run_weights",
+                      lambda *a, **k: pytest.fail("computed before checking --compare"))
+  base = [f"--workdir={run_dir}", "--num_examples=8", "--attacks=clean,fgsm", "--plot",
+          "--no_progress", "--name=badcmp"]
+  for extra, msg in (
+      ([f"--compare={tmp_path / 'nope'},{run_dir}"], "is not a kdrobust run directory"),
+      ([f"--compare={run_dir}"], "is the --workdir run itself"),
+      (["--plot_attack=pgd20", f"--compare={tmp_path}"], "not among --attacks"),
+  ):
+    capsys.readouterr()
+    assert evaluate.main(base + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and msg in err, err
+  with pytest.raises(ValueError, match="add --plot"):
+    evaluate.evaluate_run(run_dir, compare=str(tmp_path), log=None)
 
 
 # ----------------------------------------------------------------------------

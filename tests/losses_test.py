@@ -32,7 +32,8 @@ def test_xent_int_and_probability_labels_agree():
 
 
 def test_margin_masks_true_class_with_minus_inf():
-  # All other logits negative: multiplying by a zero mask would wrongly give 0 (attacks.md P9).
+  # All other logits negative: multiplying by a zero mask would wrongly give 0 (torchattacks'
+  # CW f; docs/evaluation.md, "How the attacks are checked").
   z = jnp.array([[-5.0, -3.0, 2.0]])
   np.testing.assert_allclose(losses.margin(z, jnp.array([2])), [-5.0])
   np.testing.assert_allclose(losses.margin(z, jnp.array([0])), [7.0])

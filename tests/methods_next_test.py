@@ -74,7 +74,7 @@ def test_terms_vanish_when_student_is_teacher(name, kw, keys):
 
 
 # ---------------------------------------------------------------------------
-# B-MTARD: temperatures and weights by hand (methods_next.md 4.3).
+# B-MTARD: temperatures and weights by hand (docs/fidelity.md, B-MTARD).
 # ---------------------------------------------------------------------------
 def test_b_mtard_temperatures_by_hand():
   f = lambda *a, **k: [float(v) for v in b_mtard.temperature_update(*a, **k)]
@@ -118,7 +118,7 @@ def test_b_mtard_loss_balance_by_hand():
 
 
 # ---------------------------------------------------------------------------
-# SAAD: entropies and weights by hand (methods_next.md 1.2, A3).
+# SAAD: entropies and weights by hand (docs/fidelity.md, SAAD; HongsinLee/saad@295121c saad.py).
 # ---------------------------------------------------------------------------
 def test_saad_entropy_and_weights_by_hand():
   z = jnp.log(jnp.asarray([[0.5, 0.25, 0.25]]))

@@ -142,13 +142,33 @@ def test_registry_lists_the_distillation_methods():
 @pytest.mark.parametrize("name,igdm_alpha", CASES,
                          ids=[n if a is None else f"igdm_{n}" for n, a in CASES])
 def test_one_step(name, igdm_alpha):
+  """One step through ``parallel.make_mesh()`` with the batch sharded, as ``train.py`` runs it.
+
+  On the mesh because a mesh with ``Explicit`` axes (``jax.make_mesh``'s
+  default) turned Fair-ARD's ``class_w[y]`` gather into a ``ShardingTypeError``
+  that an unsharded step cannot show.
+  """
+  from kdrobust import parallel  # pylint: disable=g-import-not-at-top
   method = _method(name, igdm_alpha)
   # Epoch 150 of 200: IAD's second term on, DARHT in its KD-only phase.
-  state, t_vars, step = _setup(method)
-  state = _at_epoch(state, 150)
+  state, t_vars, _ = _setup(method)
+  mesh = parallel.make_mesh()
+  if ("mesh", method) not in _STEPS:
+    n = _n_teachers(method)
+    names = step_lib.extra_network_names(method)
+    student, teacher, tx = Tiny(head_slots=n if name == "darht" else 0), Tiny(), optax.sgd(0.1)
+    step = step_lib.make_train_step(
+        apply_fn=student.apply, method=method, tx=tx, teacher_apply_fns=[teacher.apply] * n,
+        num_classes=C, num_epochs=200, steps_per_epoch=1, seed=0, jit=False,
+        extra_networks={nm: step_lib.ExtraNetwork(student.apply, tx) for nm in names})
+    rep = parallel.replicated(mesh)
+    _STEPS[("mesh", method)] = jax.jit(step, out_shardings=(rep, rep), compiler_options=FAST)
+  state = parallel.replicate(mesh, _at_epoch(state, 150))
   before_params = _copy(state.params)
+  t_vars = parallel.replicate(mesh, t_vars)
   before_teachers = _copy(t_vars)
-  new_state, metrics = step(state, t_vars, _batch())
+  batch = parallel.global_batch(mesh, {k: np.asarray(v) for k, v in _batch().items()})
+  new_state, metrics = _STEPS[("mesh", method)](state, t_vars, batch)
   assert np.isfinite(float(metrics["loss"])), metrics
   changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))),
                                          before_params, new_state.params))
@@ -279,8 +299,8 @@ def _ctx(model, s_vars, t_vars, batch, epoch, num_epochs=200):
              teachers=teachers)
 
 
-# Train-mode student forwards per step in the official codes (methods.md
-# section 0: each one moves the batch-norm running statistics once).
+# Train-mode student forwards per step in the official codes (docs/fidelity.md, each
+# method's section: each one moves the batch-norm running statistics once).
 FORWARDS = [
     ("kd", None, 150, 1), ("ard", None, 150, 2), ("iad", None, 60, 2),
     ("iad", None, 61, 3), ("rslad", None, 150, 2), ("mtard", None, 150, 2),

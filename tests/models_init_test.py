@@ -306,7 +306,7 @@ def test_create_state_flax_unchanged_and_torch_redrawn():
     np.testing.assert_array_equal(torch_state.params[bn]["bias"], 0.0)
   assert not np.allclose(torch_state.params["Conv_0"]["kernel"], ref["params"]["Conv_0"]["kernel"])
   _check_uniform(torch_state.params["Conv_1"]["kernel"], 1 / math.sqrt(9 * 16), "Conv_1")
-  # Flax's lecun_normal has 3x PyTorch's variance (methods.md E12).
+  # Flax's lecun_normal has 3x PyTorch's variance (docs/fidelity.md, erratum E12).
   k = np.asarray(ref["params"]["Conv_1"]["kernel"])
   assert 2.5 < np.mean(k ** 2) * (3 * 9 * 16) < 3.5
   _, _, other_seed = states(1)

@@ -23,7 +23,7 @@ Transcribed (not copied) from ``boyellow/AdaAD@9e5c6e5`` ``AT_helper.py``
 
 The IGDM protocol's base AdaAD (``Xavaitron/VLM_Distillation@a22ed64
 ICLR_IGDM/adaad_cifar100.py``) runs the same step with the ``(1/B) sum``
-reduction (methods.md E4; also ``HongsinLee/saad adaad.py``) and weight decay
+reduction (docs/fidelity.md, erratum E4; also ``HongsinLee/saad adaad.py``) and weight decay
 5e-4 (hard-coded there); it has no CIFAR-10 script, so IGDM's CIFAR-10 setting
 is that step on 10 classes. Settings with the step of a tested case
 (``SAME_STEP``) must build the same method and weight decay. ``--mixture`` is

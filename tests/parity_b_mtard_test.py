@@ -3,7 +3,7 @@
 Transcribed (not copied) from ``zhaoshiji123/MTARD-extension@93506d6``
 ``resnet18_mtard_cifar10.py:83-172``, which **does not run as released**
 (it imports a ``mtard_loss`` module and calls a ``resnet56()`` the repository
-lacks; methods_next.md A10): the transcription is the step it evidently
+lacks; docs/fidelity.md, B-MTARD): the transcription is the step it evidently
 intends, with ``mtard_inner_loss_ce`` from ``zhaoshiji123/MTARD@6480a1b
 mtard/mtard_loss.py`` and any natural teacher in place of the ResNet-56:
 

@@ -5,7 +5,7 @@ preprint (Li et al., "Collaboratively Guided Adversarial Robust Distillation
 with Teacher-Favorable Examples", section 2.2 eqs. 7-11, section 2.3 eqs.
 12-13, section 3.1), with kdrobust's choices where the text is silent
 (student in eval mode during the search, no feasibility check of the start,
-``batchmean`` KLs; methods_next.md 6.2-6.3):
+``batchmean`` KLs; docs/fidelity.md, CGARD):
 
     ce0 = CE(T(x), y) per example                          (no grad)
     S.eval();  xs = x + 0.001 n_s;  xt = x + 0.001 n_t        (separate draws, not clamped)

@@ -107,7 +107,10 @@ def test_unknown_norm_and_loss_are_refused():
 
 
 def test_unclipped_uniform_start_leaves_the_box_and_the_clipped_one_does_not():
-  """ARD's official start is x + U[-eps, eps] with no clamp (methods.md E2 context)."""
+  """ARD's official start is x + U[-eps, eps], no clamp before the first forward.
+
+  ``goldblum/AdversariallyRobustDistillation@779ade3:main.py:70-78``; docs/fidelity.md E2.
+  """
   x = jnp.concatenate([jnp.zeros((64, 2, 2, 3)), jnp.ones((64, 2, 2, 3))])
   key = jax.random.PRNGKey(3)
   raw = pgd_lib.random_init(key, x, EPS, init="uniform_unclipped")

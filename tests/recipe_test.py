@@ -38,13 +38,14 @@ def test_ard_official_card_shows_the_effective_schedule_and_a_train_mode_attack(
   c = recipe.load_config([ARD_OFFICIAL])
   card = recipe.recipe_card(c)
   lr = _row(card, "effective lr (first step of each epoch, kdrobust.train.make_schedule)")
-  # methods.md E1: the official ARD code never reaches 0.001 (its decay at 150 sets 0.01 again).
+  # docs/fidelity.md E1: the official ARD code never reaches 0.001 (its decay at 150 sets 0.01
+  # again).
   assert lr == "epochs 0-99: 0.1; epochs 100-199: 0.01", lr
   assert "0.001" not in lr
   # The numbers behind the line: make_schedule at each epoch's first step (float32: rel 1e-6).
   lrs = recipe.epoch_lrs(c, 390)
   assert lrs == pytest.approx([0.1] * 100 + [0.01] * 100, rel=1e-6)
-  # methods.md E2: the official ARD attack runs the student in train mode.
+  # docs/fidelity.md E2: the official ARD attack runs the student in train mode.
   assert _row(card, "student BN").startswith("train: batch statistics + running-statistic update")
   assert _row(card, "eps").startswith("8/255") and _row(card, "steps") == "10"
   assert "| temperature | 30 (tau) |" in card and "| reduction | elemmean" in card

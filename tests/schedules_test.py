@@ -5,8 +5,8 @@ the code, not copied) and run for the whole training; the config's optax
 schedule (``kdrobust.train.make_schedule``) must give the same lr at every
 step of every epoch, within a relative 1e-6 (the schedule is float32). DARHT's
 is checked against torch's own ``MultiStepLR`` and ``_LRScheduler``, called as
-the script calls them. The reading behind each (methods.md errata E1, E7, E8,
-E9) is in configs/paper_settings.py.
+the script calls them. The reading behind each (docs/fidelity.md, errata E1, E7,
+E8, E9) is in configs/paper_settings.py.
 """
 
 import bisect

@@ -18,9 +18,12 @@ class evidence is weak, so the fitted head amplifies rounding); the bounds
 are those of this stand-in.
 
 The images come from the CIFAR-10 subset archive
-(``$KDROBUST_CIFAR10_SUBSET``, default ``../shared/data/cifar10-subset/
-cifar-10-python-subset.tar.gz`` next to the repository); the test is
-skipped where it is absent. Runtime: about 10 s on 2 CPU cores.
+(``$KDROBUST_CIFAR10_SUBSET``, else ``data/cifar-10-python-subset.tar.gz``
+in the repository, else the development checkout's sibling data folder, where
+the project's CI finds it; ``python -m kdrobust.data.cifar_subset`` builds it
+from the official archive, docs/data.md). Where it is absent the test is
+skipped.
+Runtime: about 10 s on 2 CPU cores.
 """
 
 import os
@@ -39,9 +42,11 @@ from kdrobust import config_lib, models, teachers  # noqa: E402
 from kdrobust.teachers import convert  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARCHIVE = os.environ.get(
-    "KDROBUST_CIFAR10_SUBSET",
-    os.path.join(_ROOT, "..", "shared", "data", "cifar10-subset", "cifar-10-python-subset.tar.gz"))
+_NAME = "cifar-10-python-subset.tar.gz"
+_CANDIDATES = [os.path.join(_ROOT, "data", _NAME),
+               os.path.join(os.path.dirname(_ROOT), "shared", "data", "cifar10-subset", _NAME)]
+ARCHIVE = os.environ.get("KDROBUST_CIFAR10_SUBSET") or next(
+    (p for p in _CANDIDATES if os.path.exists(p)), _CANDIDATES[0])
 RIDGE = 1000.0  # ridge penalty of the head fit (a smaller one amplifies feature noise)
 MIN_ARGMAX_AGREEMENT = 0.97
 MAX_KL_MEAN = 5e-4

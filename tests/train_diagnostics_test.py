@@ -69,7 +69,7 @@ def test_logged_diagnostics_equal_the_library_functions(tmp_path, teacher_run):
   teacher = lambda x: t.module.apply(t.variables, x, train=False)
   xs, ys = [], []
   for b in data_lib.eval_iterator(c.data.name, data_dir=None, batch_size=64,
-                                  num_examples=100):
+                                  num_examples=100, image_dtype="float32"):
     keep = np.asarray(b["mask"], bool)
     xs.append(np.asarray(b["image"])[keep])
     ys.append(np.asarray(b["label"])[keep])

@@ -282,3 +282,84 @@ def test_teacher_dtype_auto_resumes_a_float32_run_on_cpu():
   assert config_lib.config_differences(old, new.to_dict()) == []
   old["teachers"]["t"]["dtype"] = "bfloat16"
   assert config_lib.config_differences(old, new.to_dict()) == ["teachers.t.dtype"]
+
+
+# --- uint8 batches and metrics one step late (issue 11 item 4) ------------------
+
+
+def _hooked_config():
+  # One epoch of 8 steps, logging every step: steps 1-7 are plain log steps,
+  # step 8 is the epoch end and checkpoint.
+  return tiny_config(num_epochs=1, log_every_steps=1, **{"eval.num_examples": 64})
+
+
+@pytest.fixture(scope="module")
+def hooked_run(tmp_path_factory):
+  """A default (uint8) run recording the train step's dispatches and metric fetches."""
+  events, outputs, dtypes = [], [], []
+  real_make, real_fetch = train.step_lib.make_train_step, train._fetch_metrics
+
+  def make(**kw):
+    step = real_make(**kw)
+
+    def dispatch(st, tv, batch):
+      dtypes.append(batch["image"].dtype)
+      st, m = step(st, tv, batch)
+      events.append("dispatch")
+      outputs.append(m)
+      return st, m
+    return dispatch
+
+  def fetch(m):
+    events.append("fetch")
+    return real_fetch(m)
+  w = str(tmp_path_factory.mktemp("hooked"))
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train.step_lib, "make_train_step", make)
+    mp.setattr(train, "_fetch_metrics", fetch)
+    res = train.train_and_evaluate(_hooked_config(), w)
+  return dict(workdir=w, result=res, events=events, outputs=outputs, dtypes=dtypes)
+
+
+def test_logged_metrics_are_fetched_one_step_late(hooked_run):
+  """A plain log step's metrics are read only after the next step is dispatched.
+
+  Expected order: dispatch 1, then (dispatch t+1, fetch t) for t = 1..7,
+  then fetch 8 (the epoch end reads at once, before its checkpoint). Each
+  logged loss is its own step's (no off-by-one): equal, exactly, to the
+  step's output read after the run.
+  """
+  events = hooked_run["events"]
+  assert events == ["dispatch"] + ["dispatch", "fetch"] * 7 + ["fetch"], events
+  with open(os.path.join(hooked_run["workdir"], "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  logged = {r["step"]: r for r in rows if r["split"] == "train"}
+  assert sorted(logged) == list(range(1, 9)), rows[:3]
+  for t, m in enumerate(hooked_run["outputs"], 1):
+    assert logged[t]["loss"] == float(m["loss"]), t
+
+
+def test_uint8_batches_train_exactly_as_float32_batches(hooked_run, tmp_path, monkeypatch):
+  """The loop feeds uint8 (converted in the steps), and that equals host float32 feeding.
+
+  Tolerance: 0 (bitwise): the device conversion is the host's table
+  (kdrobust.data.device), so every parameter and accuracy is identical.
+  """
+  assert hooked_run["dtypes"] == [np.dtype(np.uint8)] * 8
+  seen = []
+  for name in ("train_iterator", "eval_iterator"):
+    real = getattr(data_lib, name)
+
+    def as_float(*a, _real=real, **kw):
+      for b in _real(*a, **dict(kw, image_dtype="float32")):
+        seen.append(b["image"].dtype)
+        yield b
+    monkeypatch.setattr(data_lib, name, as_float)
+  w = str(tmp_path / "f32")
+  got = train.train_and_evaluate(_hooked_config(), w)
+  assert seen and set(seen) == {np.dtype(np.float32)}
+  want = hooked_run["result"]
+  assert got["clean_accuracy"] == want["clean_accuracy"]
+  assert got["robust_accuracy"] == want["robust_accuracy"]
+  for a, b in zip(jax.tree.leaves(_params(w)), jax.tree.leaves(_params(hooked_run["workdir"]))):
+    np.testing.assert_array_equal(a, b)

@@ -108,6 +108,11 @@ def _lut(levels: int) -> np.ndarray:
   return (np.minimum(np.round(u * levels / 255), levels) / levels).astype(np.float32)
 
 
+def float_table(levels: int = 255) -> np.ndarray:
+  """float32[256]: ``to_float`` of every uint8 value (the device's conversion table)."""
+  return to_float(np.arange(256, dtype=np.uint8), levels)
+
+
 def to_float(images: np.ndarray, levels: int = 255) -> np.ndarray:
   """uint8 -> float32 in [0, 1]: ``round(u * levels / 255) / levels``.
 

@@ -13,8 +13,19 @@ Resumability is structural, nothing is checkpointed:
 So ``train_iterator(..., start_step=s)`` yields exactly what an uninterrupted
 iterator yields from step ``s`` on, and P processes together yield exactly the
 single-process global batch. Small datasets are decoded once into uint8 numpy;
-ImageNet is decoded per batch in a thread pool. Batches are float32 in [0, 1]:
-normalisation lives in the model.
+ImageNet is decoded per batch in a thread pool (``workers=0``, the default) or
+in grain worker processes (``workers=N``, :mod:`kdrobust.data.grain_loader`:
+the same batches, bit for bit).
+
+Batches travel as uint8 (``image_dtype='uint8'``, the default): 4x fewer bytes
+through the host and the host-to-device copy. The jitted steps convert at
+their top with :func:`kdrobust.data.device.to_float` (``u / 255``, or
+``round(u * levels / 255) / levels`` for the 8x8 digits), the same float32
+values that ``image_dtype='float32'`` gives on the host (bit for bit; host
+consumers that need floats, e.g. the whole-test-set evaluation, ask for it).
+The pad-4 crop + flip of the small datasets stays on the host (a gather of
+uint8 rows, a few percent of the step; docs/benchmarks.md). Normalisation
+lives in the model.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from kdrobust.data import tfds_source
 _ORDER_TAG = 0
 _AUGMENT_TAG = 1
 PAD = 4
+IMAGE_DTYPES = ("uint8", "float32")
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -115,9 +127,44 @@ def _gather(data, spec: catalog.Spec, indices: np.ndarray, params: dict | None,
     j, i = j_i
     ex = data[int(i)]
     return _view(spec, np.asarray(ex["image"], np.uint8), params, j), ex["label"]
-  out = list(pool.map(one, enumerate(indices)))
+  out = list((pool.map if pool is not None else map)(one, enumerate(indices)))
   return (np.stack([o[0] for o in out]),
           np.asarray([o[1] for o in out], np.int32))
+
+
+def check_image_dtype(image_dtype: str) -> None:
+  """Refuses an unknown ``image_dtype`` (one line listing the valid values)."""
+  if image_dtype not in IMAGE_DTYPES:
+    raise ValueError(f"Unknown image_dtype {image_dtype!r}; valid: {', '.join(IMAGE_DTYPES)}.")
+
+
+def _convert(images: np.ndarray, spec: catalog.Spec, image_dtype: str) -> np.ndarray:
+  return images if image_dtype == "uint8" else aug_lib.to_float(images, spec.levels)
+
+
+def train_batch(data, spec: catalog.Spec, step: int, *, batch_size: int, seed: int,
+                augment: bool, lo: int, hi: int, pool=None,
+                order_cache: dict | None = None) -> dict:
+  """This process's uint8 batch of global step ``step``: a pure function of (seed, step).
+
+  ``order_cache`` (optional, {'epoch', 'order'}) keeps the epoch's permutation
+  between calls. Used by the in-process iterator and the grain workers alike.
+  """
+  n = _size(data)
+  e, k = divmod(step, n // batch_size)
+  if order_cache is not None and order_cache.get("epoch") == e:
+    order = order_cache["order"]
+  else:
+    order = epoch_order(seed, e, n)
+    if order_cache is not None:
+      order_cache.update(epoch=e, order=order)
+  indices = order[k * batch_size:(k + 1) * batch_size][lo:hi]
+  params = None
+  if augment:
+    params = _augment_params(spec, step_rng(seed, step), batch_size)
+    params = {key: v[lo:hi] for key, v in params.items()}
+  images, labels = _gather(data, spec, indices, params, pool)
+  return {"image": images, "label": labels}
 
 
 def _make_pool(data, threads: int | None):
@@ -128,24 +175,15 @@ def _make_pool(data, threads: int | None):
 
 def _train_batches(data, spec: catalog.Spec, *, batch_size: int, seed: int,
                    start_step: int, augment: bool, lo: int, hi: int,
-                   threads: int | None) -> Iterator[dict]:
-  n = _size(data)
-  per_epoch = n // batch_size
-  epoch, order = -1, None
+                   threads: int | None, image_dtype: str = "uint8") -> Iterator[dict]:
   pool = _make_pool(data, threads)
+  cache: dict = {}
   try:
     step = start_step
     while True:
-      e, k = divmod(step, per_epoch)
-      if e != epoch:
-        epoch, order = e, epoch_order(seed, e, n)
-      indices = order[k * batch_size:(k + 1) * batch_size][lo:hi]
-      params = None
-      if augment:
-        params = _augment_params(spec, step_rng(seed, step), batch_size)
-        params = {key: v[lo:hi] for key, v in params.items()}
-      images, labels = _gather(data, spec, indices, params, pool)
-      yield {"image": aug_lib.to_float(images, spec.levels), "label": labels}
+      b = train_batch(data, spec, step, batch_size=batch_size, seed=seed, augment=augment,
+                      lo=lo, hi=hi, pool=pool, order_cache=cache)
+      yield {"image": _convert(b["image"], spec, image_dtype), "label": b["label"]}
       step += 1
   finally:
     if pool is not None:
@@ -153,18 +191,18 @@ def _train_batches(data, spec: catalog.Spec, *, batch_size: int, seed: int,
 
 
 def _eval_batches(data, spec: catalog.Spec, *, n: int, batch_size: int, lo: int,
-                  hi: int, threads: int | None) -> Iterator[dict]:
+                  hi: int, threads: int | None, image_dtype: str = "uint8") -> Iterator[dict]:
   pool = _make_pool(data, threads)
   shape = (data["image"].shape[1:] if isinstance(data, dict) else spec.image_shape)
   try:
     for k in range(math.ceil(n / batch_size)):
       positions = np.arange(k * batch_size + lo, k * batch_size + hi)
       mask = positions < n
-      image = np.zeros((hi - lo,) + tuple(shape), np.float32)
+      image = np.zeros((hi - lo,) + tuple(shape), np.dtype(image_dtype))
       label = np.zeros((hi - lo,), np.int32)
       if mask.any():
         images, labels = _gather(data, spec, positions[mask], None, pool)
-        image[mask] = aug_lib.to_float(images, spec.levels)
+        image[mask] = _convert(images, spec, image_dtype)
         label[mask] = labels
       yield {"image": image, "label": label, "mask": mask}
   finally:
@@ -216,7 +254,8 @@ def train_iterator(name: str, *, data_dir: str | None, batch_size: int,
                    seed: int, start_step: int = 0, augment: bool = True,
                    process_index: int | None = None,
                    process_count: int | None = None, prefetch_size: int = 2,
-                   threads: int | None = None) -> Iterator[dict]:
+                   threads: int | None = None, image_dtype: str = "uint8",
+                   workers: int = 0) -> Iterator[dict]:
   """Infinite training batches of this process: {'image', 'label'}.
 
   Args:
@@ -233,13 +272,22 @@ def train_iterator(name: str, *, data_dir: str | None, batch_size: int,
     process_index / process_count: default to JAX's.
     prefetch_size: batches prepared ahead in a background thread (0: none).
     threads: decoding threads for ImageNet (default: all cores).
+    image_dtype: 'uint8' (default; the steps convert on the device,
+      :func:`kdrobust.data.device.to_float`) or 'float32' (in [0, 1], on the host).
+    workers: 0 (default): decode in this process (a thread pool for streamed
+      sources). N > 0: N grain worker processes, each building whole batches
+      (:mod:`kdrobust.data.grain_loader`; the same batches; for the streamed
+      ImageNet path, where decoding is the bottleneck).
 
   Yields:
-    {'image': float32[b, H, W, C] in [0, 1], 'label': int32[b]}.
+    {'image': uint8[b, H, W, C] (or float32 in [0, 1]), 'label': int32[b]}.
 
-  Raises (at call time): ValueError for an unknown name or a bad batch size,
-    DatasetNotFoundError if the dataset is not prepared.
+  Raises (at call time): ValueError for an unknown name, a bad batch size or
+    image_dtype, DatasetNotFoundError if the dataset is not prepared.
   """
+  check_image_dtype(image_dtype)
+  if workers < 0:
+    raise ValueError(f"workers must be >= 0, got {workers}.")
   spec = catalog.spec(name)
   p, pc = resolve_process(process_index, process_count)
   lo, hi = local_range(batch_size, p, pc)
@@ -249,9 +297,19 @@ def train_iterator(name: str, *, data_dir: str | None, batch_size: int,
                      f"than the global batch size {batch_size}.")
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
+  if workers:
+    from kdrobust.data import grain_loader  # pylint: disable=g-import-not-at-top
+    it = grain_loader.train_batches(name, data_dir, batch_size=batch_size, seed=seed,
+                                    start_step=start_step, augment=augment, lo=lo, hi=hi,
+                                    workers=workers, threads=threads,
+                                    prefetch=max(prefetch_size, 1))
+    if image_dtype == "uint8":
+      return it
+    return ({"image": _convert(b["image"], spec, image_dtype), "label": b["label"]}
+            for b in it)
   it = _train_batches(data, spec, batch_size=batch_size, seed=seed,
                       start_step=start_step, augment=augment, lo=lo, hi=hi,
-                      threads=threads)
+                      threads=threads, image_dtype=image_dtype)
   return prefetch(it, prefetch_size)
 
 
@@ -259,7 +317,7 @@ def eval_iterator(name: str, *, data_dir: str | None, batch_size: int,
                   split: str | None = None, num_examples: int | None = None,
                   process_index: int | None = None,
                   process_count: int | None = None, prefetch_size: int = 2,
-                  threads: int | None = None) -> Iterator[dict]:
+                  threads: int | None = None, image_dtype: str = "uint8") -> Iterator[dict]:
   """Finite eval batches of this process: {'image', 'label', 'mask'}.
 
   The first ``num_examples`` examples of ``split`` (default: the test split)
@@ -267,18 +325,25 @@ def eval_iterator(name: str, *, data_dir: str | None, batch_size: int,
   process ``p`` takes its contiguous chunk. Positions past the end are
   zero-padded with ``mask=False``, so every example counts exactly once and
   every process yields ``ceil(n / B)`` batches. ImageNet is resized (shorter
-  side 256) and centre-cropped to 224.
+  side 256) and centre-cropped to 224. Images are uint8 unless
+  ``image_dtype='float32'`` (see :func:`train_iterator`).
   """
+  check_image_dtype(image_dtype)
   spec = catalog.spec(name)
   p, pc = resolve_process(process_index, process_count)
   lo, hi = local_range(batch_size, p, pc)
   data = _load(name, data_dir, split or spec.test_split, spec)
   n = _size(data) if num_examples is None else min(num_examples, _size(data))
   it = _eval_batches(data, spec, n=n, batch_size=batch_size, lo=lo, hi=hi,
-                     threads=threads)
+                     threads=threads, image_dtype=image_dtype)
   return prefetch(it, prefetch_size)
 
 
 def steps_per_epoch(name: str, data_dir: str | None, batch_size: int) -> int:
   """num_train // batch_size (the global batch size)."""
   return catalog.info(name, data_dir).num_train // batch_size
+
+
+def image_levels(name: str) -> int:
+  """The ``levels`` of ``name``'s uint8 -> float conversion (255; 16 for the digits)."""
+  return catalog.spec(name).levels

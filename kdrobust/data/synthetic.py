@@ -38,8 +38,9 @@ def make(num_train: int, num_test: int, image_shape, num_classes: int,
          seed: int = DATA_SEED) -> dict[str, dict[str, np.ndarray]]:
   """{'train'|'test': {'image': uint8[N,H,W,C], 'label': int32[N]}}.
 
-  Images are uint8 (the same storage as the TFDS datasets); the iterators turn
-  them into float32 in [0, 1] as ``u / 255``.
+  Images are uint8 (the same storage as the TFDS datasets); the iterators yield
+  them as they are and the jitted steps turn them into float32 in [0, 1] as
+  ``u / 255`` (``image_dtype='float32'``: the iterators do, on the host).
   """
   rng = np.random.default_rng(seed)
   templates = _templates(rng, tuple(image_shape), num_classes)

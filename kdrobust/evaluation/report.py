@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 COLUMNS = ("clean", "fgsm", "pgd20", "pgd20_best", "cw", "cw_best", "cw30", "aa", "transfer")
 HEADERS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd20_best": "PGD-20 any",
@@ -139,27 +139,97 @@ def require_matplotlib():
   return plt
 
 
-def plot_accuracy_vs_eps(record: dict[str, Any], path: str, *, overwrite: bool = False
-                         ) -> str:
-  """A PNG of accuracy (%) against epsilon, one line per attack."""
+PLOT_METRICS = ("worst",) + COLUMNS  # what --plot_attack may name
+
+
+def accuracy_curve(record: dict[str, Any], column: str = "worst"
+                   ) -> list[tuple[float, float]] | None:
+  """``[(eps, accuracy), ...]`` from eps = 0, or None when ``column`` was not measured.
+
+  The eps = 0 point is the record's measured clean accuracy: an attack with
+  no budget cannot change an input, so every attack's accuracy at eps = 0 is
+  the clean accuracy (on the same test points). ``column`` is an attack of
+  :data:`COLUMNS` or ``'worst'`` (correct under every attack listed).
+  """
+  pts = [(0.0, float(record["clean_acc"]))]
+  for e in sorted(record["per_eps"], key=lambda e: e["eps"]):
+    v = e.get("worst_case") if column == "worst" else e["accuracy"].get(column)
+    if v is None:
+      return None
+    pts.append((float(e["eps"]), float(v)))
+  return pts
+
+
+def run_label(record: dict[str, Any]) -> str:
+  """``'trades (wrn34_10)'``: the run's method and model, as its config names them."""
+  method = record.get("method") or "model"
+  model = record.get("model")
+  return f"{method} ({model})" if model else str(method)
+
+
+def _metric_name(record: dict[str, Any], column: str) -> str:
+  if column == "worst":
+    cols = [_headers(record)[c] for c in COLUMNS
+            if c != "clean" and c in (record.get("attacks") or ())]
+    return "worst case over " + ", ".join(cols) if cols else "worst case"
+  return _headers(record)[column]
+
+
+def accuracy_figure(records: Sequence[dict[str, Any]], *, column: str = "worst"):
+  """A matplotlib figure of accuracy (%) against epsilon, for a paper.
+
+  One record: one line per measured attack (clean dashed), titled by the
+  run's method and model. Several records (``--compare``): one line per run,
+  the ``column`` accuracy (default the worst case over every attack), each
+  labelled by method and model. Every line starts at eps = 0
+  (:func:`accuracy_curve`); the accuracy axis is autoscaled to the data (a
+  fixed 0-100 axis flattens the differences a comparison is about); eps is in
+  units of 1/255 under Linf. Returns the figure (the caller saves and closes).
+  """
+  if column not in PLOT_METRICS:
+    raise ValueError(f"Unknown plot metric {column!r}; valid: {', '.join(PLOT_METRICS)}.")
   plt = require_matplotlib()
-  check_writable(path, overwrite=overwrite)
-  per_eps = sorted(record["per_eps"], key=lambda e: e["eps"])
-  xs = [e["eps"] * 255.0 for e in per_eps]
-  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-  for c in COLUMNS:
-    ys = [e["accuracy"].get(c) for e in per_eps]
-    if all(v is not None for v in ys):
-      ax.plot(xs, [100 * v for v in ys], marker="o",
-              linestyle="--" if c == "clean" else "-", label=_headers(record)[c])
-  ax.set_xlabel("epsilon (x 1/255)")
-  ax.set_ylabel("accuracy (%)")
-  ax.set_ylim(0, 100)
+  first = records[0]
+  linf = first.get("norm", "Linf") == "Linf"
+  scale = 255.0 if linf else 1.0
+  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=150)
+  if len(records) == 1:
+    for c in COLUMNS:
+      pts = accuracy_curve(first, c)
+      if pts is not None:
+        ax.plot([scale * x for x, _ in pts], [100 * y for _, y in pts], marker="o",
+                linestyle="--" if c == "clean" else "-", label=_headers(first)[c])
+    title = f"{run_label(first)} on {first.get('dataset') or 'test set'}"
+  else:
+    labels = [run_label(r) for r in records]
+    for i, r in enumerate(records):
+      pts = accuracy_curve(r, column)
+      if pts is None:
+        raise ValueError(f"{r.get('workdir', 'a run')} has no {column} accuracy to plot.")
+      label = labels[i]
+      if labels.count(label) > 1:  # the same method and model twice (seeds): name the runs
+        label += f" [{os.path.basename(os.path.normpath(r.get('workdir') or str(i + 1)))}]"
+      ax.plot([scale * x for x, _ in pts], [100 * y for _, y in pts], marker="o",
+              label=label)
+    title = f"Robust accuracy on {first.get('dataset') or 'test set'}"
+  ax.set_xlabel("epsilon (x 1/255)" if linf else "epsilon (L2)")
+  ylabel = "accuracy (%)" if len(records) == 1 else f"accuracy (%), {_metric_name(first, column)}"
+  ax.set_ylabel(ylabel, fontsize=8 if len(ylabel) > 30 else None)
+  ax.set_xlim(left=0)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  ax.set_title(f"{record.get('name', '')} ({record['norm']}, n={record['num_examples']})",
-               fontsize=9)
+  ax.set_title(f"{title}\n{first['norm']}, {first['num_examples']} test points", fontsize=9)
   fig.tight_layout()
+  return fig
+
+
+def plot_accuracy_vs_eps(record: dict[str, Any], path: str, *, overwrite: bool = False,
+                         compare: Sequence[dict[str, Any]] = (), column: str = "worst"
+                         ) -> str:
+  """Write :func:`accuracy_figure` of ``record`` (and the ``compare`` records) to ``path``."""
+  plt = require_matplotlib()
+  check_writable(path, overwrite=overwrite)
+  fig = accuracy_figure([record, *compare], column=column)
   fig.savefig(path)
   plt.close(fig)
   return path

@@ -40,6 +40,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class TeacherError(ValueError):
@@ -204,18 +205,34 @@ def check_against_data(teacher: Teacher, info) -> None:
                        f"{info.name!r} has {info.num_classes} classes.")
 
 
-def load(name: str, tc) -> Teacher:
-  """Load teacher ``name`` from its config entry (see the module docstring)."""
+def load(name: str, tc, mesh=None) -> Teacher:
+  """Load teacher ``name`` from its config entry (see the module docstring).
+
+  ``mesh``: the variables are placed replicated on it (``P()``), in any
+  process count (kdrobust.train passes its mesh; every process calls this):
+  a run's checkpoint is restored straight onto that sharding by Orbax,
+  converted and ``.pt`` weights are read on the host and placed. Without a
+  mesh: a run's on this process's first device (``jax.local_devices()[0]``),
+  the others' as read (uncommitted).
+  """
   kind = _kind(tc.path)
   dtype = resolve_dtype(tc.get("dtype", "auto"))
   logging.info("Teacher %r computes in %s (config dtype %r, backend %s).", name, dtype,
                tc.get("dtype", "auto"), jax.default_backend())
-  return dataclasses.replace(_load(name, tc, kind, dtype), dtype=dtype)
+  if mesh is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  else:
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  t = _load(name, tc, kind, dtype, sharding)
+  if mesh is not None and kind != "run":  # host arrays -> placed (a run's restore placed them)
+    t = dataclasses.replace(t, variables=jax.device_put(
+        jax.tree.map(np.asarray, t.variables), sharding))
+  return dataclasses.replace(t, dtype=dtype)
 
 
-def _load(name: str, tc, kind: str, dtype: str) -> Teacher:
+def _load(name: str, tc, kind: str, dtype: str, sharding) -> Teacher:
   if kind == "run":
-    return _load_run(name, tc, dtype)
+    return _load_run(name, tc, dtype, sharding)
   if kind == "converted":
     from kdrobust.teachers import convert  # pylint: disable=g-import-not-at-top
     module, variables = convert.load_converted(tc.path, dtype=dtype)
@@ -235,7 +252,7 @@ def _load(name: str, tc, kind: str, dtype: str) -> Teacher:
   return Teacher(name, module, res.variables, res.num_classes, f"torch:{os.path.abspath(tc.path)}")
 
 
-def _load_run(name: str, tc, dtype: str) -> Teacher:
+def _load_run(name: str, tc, dtype: str, sharding) -> Teacher:
   import ml_collections as mlc  # pylint: disable=g-import-not-at-top
   from kdrobust import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from kdrobust import train  # pylint: disable=g-import-not-at-top
@@ -251,8 +268,10 @@ def _load_run(name: str, tc, dtype: str) -> Teacher:
     step = int(which)
   if step is None:
     raise TeacherError(f"Teacher run {tc.path!r} has no checkpoint yet.")
-  raw = ckpt.restore_raw_single_device(step)  # any device count at save time
-  ckpt.close()
+  try:
+    raw = ckpt.restore_raw_placed(step, sharding)  # any device count at save time
+  finally:
+    ckpt.close()
   model_cfg = mlc.ConfigDict(spec["model"])
   model_cfg.dtype = dtype
   module = train.build_model(model_cfg, spec["num_classes"], spec["dataset"])
@@ -260,7 +279,6 @@ def _load_run(name: str, tc, dtype: str) -> Teacher:
   # (config.weight_averaging), else the student as trained.
   from kdrobust import weight_averaging as wa_lib  # pylint: disable=g-import-not-at-top
   variables, used = wa_lib.select_variables(raw, "auto")
-  variables = jax.tree.map(jnp.asarray, variables)
   return Teacher(name, module, variables, int(spec["num_classes"]),
                  f"run:{os.path.abspath(tc.path)}@{step}"
                  + (" (averaged weights)" if used == "averaged" else ""))
