@@ -19,7 +19,6 @@ float32 batches (tests, notebooks) behaves as before.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from kdrobust.data import augment as aug_lib
 
@@ -30,10 +29,7 @@ def to_float(image, levels: int = 255):
     return image
   if image.dtype != jnp.uint8:
     raise ValueError(f"Batch images must be uint8 or floating, got {image.dtype}.")
-  table = jnp.asarray(aug_lib.float_table(levels))
-  # The output keeps the batch's sharding (with an Explicit mesh, a plain
-  # ``table[image]`` cannot resolve it).
-  return table.at[image].get(out_sharding=jax.typeof(image).sharding)
+  return jnp.asarray(aug_lib.float_table(levels))[image]
 
 
 def batch_to_float(batch: dict, levels: int = 255) -> dict:
